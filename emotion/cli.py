@@ -1,0 +1,61 @@
+"""The `emotion` command: a thin layer that parses arguments and calls one entry point per subcommand.
+
+Each area registers its subcommands from its own module in `emotion.commands`, so adding a command
+never touches the others. User mistakes (bad config, missing files, Redis down) end with one clear
+line on stderr and exit code 2, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pydantic import ValidationError
+
+COMMAND_MODULES = ("pipeline", "training", "models", "store", "dashboard", "bench")
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emotion", description="Real-time facial emotion recognition platform.")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"emotion.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"emotion.commands.{name}":
+                continue  # area not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=(args.log_level or "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from shared.model_runtime import ModelError
+    from shared.redis_conn import RedisUnavailable
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, RedisUnavailable, ModelError, FileNotFoundError) as exc:
+        print(f"emotion {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        print(f"emotion {args.command}: invalid configuration: {problems}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The capture loop: read a source, pace it, shed frames the pipeline cannot take, publish JPEGs.
+
+Capture is the one producer that is not a consumer-group worker. Under load it drops new frames
+(counted as `shed` in the stats hash and the returned summary) instead of blocking or letting the
+stream grow: live frames are only worth processing while they are fresh.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import redis
+
+from services.capture.sources import Source
+from shared.redis_conn import REDIS_DOWN_ERRORS
+from shared.schemas import FrameMessage, encode
+from shared.settings import CaptureSettings
+from shared.streams import DETECTOR_GROUP, Keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CaptureStats:
+    frames_read: int = 0
+    published: int = 0
+    shed: int = 0
+    redis_errors: int = 0
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+def encode_frame(frame: np.ndarray, settings: CaptureSettings) -> tuple[bytes, int, int]:
+    """JPEG bytes of a frame, downscaled to max_width first; returns (jpeg, width, height)."""
+    height, width = frame.shape[:2]
+    if width > settings.max_width:
+        scale = settings.max_width / width
+        frame = cv2.resize(frame, (settings.max_width, int(height * scale)), interpolation=cv2.INTER_AREA)
+        height, width = frame.shape[:2]
+    ok, buffer = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buffer.tobytes(), width, height
+
+
+class LagProbe:
+    """How far the detector group is behind on the frames stream (XINFO GROUPS 'lag'), cached briefly."""
+
+    def __init__(self, client: redis.Redis, stream: str, every_s: float = 0.2) -> None:
+        self.client, self.stream, self.every_s = client, stream, every_s
+        self._value, self._at = 0, 0.0
+
+    def lag(self) -> int:
+        now = time.monotonic()
+        if now - self._at >= self.every_s:
+            self._at = now
+            try:
+                groups = self.client.xinfo_groups(self.stream)
+            except redis.ResponseError:  # stream not created yet
+                groups = []
+            lags = [g.get("lag") for g in groups if g.get("name") in (DETECTOR_GROUP, DETECTOR_GROUP.encode())]
+            self._value = int(lags[0]) if lags and lags[0] is not None else 0
+        return self._value
+
+
+def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, source: Source, *, camera_id: str,
+                session_id: str, frames_maxlen: int, stop: threading.Event, max_frames: int | None = None) -> CaptureStats:
+    stats = CaptureStats()
+    interval = 1.0 / settings.fps
+    next_due = time.monotonic()
+    probe = LagProbe(client, keys.frames)
+    backoff = 0.5
+    client.hset(keys.cameras, camera_id, json.dumps({"source": source.name, "session_id": session_id,
+                                                     "fps": settings.fps, "started_ms": stats.started_ms}))
+    for frame in source.frames:
+        if stop.is_set() or (max_frames is not None and stats.frames_read >= max_frames):
+            break
+        now = time.monotonic()
+        if source.live and now < next_due:
+            continue  # camera delivers faster than the configured fps: skip without sleeping
+        if not source.live and now < next_due:
+            stop.wait(next_due - now)  # pace files and demos at the configured frame rate
+        next_due = max(next_due + interval, time.monotonic() - interval)
+        stats.frames_read += 1
+        try:
+            if probe.lag() >= settings.shed_lag:
+                stats.shed += 1
+                client.hincrby(keys.stats("capture"), "shed", 1)
+                continue
+            jpeg, width, height = encode_frame(frame, settings)
+            message = FrameMessage(camera_id=camera_id, session_id=session_id, frame_id=stats.frames_read - 1,
+                                   captured_ms=int(time.time() * 1000), width=width, height=height, jpeg=jpeg)
+            pipe = client.pipeline(transaction=False)
+            pipe.xadd(keys.frames, encode(message), maxlen=frames_maxlen, approximate=True)
+            pipe.hincrby(keys.stats("capture"), "published", 1)
+            pipe.execute()
+            stats.published += 1
+            backoff = 0.5
+        except REDIS_DOWN_ERRORS as exc:
+            # Live frames are not worth queueing while Redis is away: count them and retry later.
+            stats.redis_errors += 1
+            stats.shed += 1
+            log.warning("event=redis_down service=capture camera=%s error=%r retry_in_s=%.1f", camera_id, exc, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+    log.info("event=capture_done camera=%s stats=%s", camera_id, json.dumps(stats.__dict__))
+    return stats

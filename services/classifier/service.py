@@ -1,0 +1,186 @@
+"""Classifier: face crops -> emotion events, one LiteRT call per micro-batch.
+
+Replicas share the faces stream through one consumer group. The per-track smoothed distribution is
+kept in Redis (not in a replica's memory) because consecutive faces of one track land on different
+replicas. A newly promoted model is loaded between batches; if it cannot be loaded the previous
+model keeps serving and the failure is reported in the heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import cv2
+import numpy as np
+import redis
+
+from shared.emotions import EMOTIONS
+from shared.model_runtime import EmotionModel, ModelError
+from shared.schemas import EmotionEvent, FaceMessage, StageTimes, encode
+from shared.streams import Keys
+from shared.worker import Outbound
+
+log = logging.getLogger(__name__)
+TRACK_STATE_TTL_S = 60
+
+
+@dataclass
+class TrackState:
+    probabilities: np.ndarray
+    at_ms: int
+
+
+def smooth(previous: TrackState | None, probabilities: np.ndarray, at_ms: int, tau_ms: float) -> TrackState:
+    """Time-aware EMA: the older the previous state, the less it weighs (time constant tau_ms)."""
+    if previous is None:
+        return TrackState(probabilities.astype(np.float64), at_ms)
+    dt = at_ms - previous.at_ms
+    if dt < 0:  # an older face processed late by another replica: blend lightly, keep the newer time
+        weight, at_ms = 0.2, previous.at_ms
+    else:
+        weight = 1.0 - math.exp(-max(dt, 1) / tau_ms)
+    blended = weight * probabilities + (1.0 - weight) * previous.probabilities
+    return TrackState(blended / blended.sum(), at_ms)
+
+
+def build_events(faces: list[FaceMessage], probabilities: np.ndarray, model_version: str,
+                 states: dict[str, TrackState | None], tau_ms: float, now_ms: int
+                 ) -> tuple[list[EmotionEvent], dict[str, TrackState]]:
+    """The pure part: one event per face, with smoothing per track. `states` is keyed by track key."""
+    events: list[EmotionEvent] = []
+    updated: dict[str, TrackState] = {}
+    for face, probs in zip(faces, probabilities):
+        probs = np.clip(probs.astype(np.float64), 0.0, 1.0)
+        probs = probs / probs.sum()
+        key = f"{face.camera_id}:{face.track_id}"
+        state = smooth(updated.get(key) or states.get(key), probs, face.captured_ms, tau_ms)
+        updated[key] = state
+        order = np.argsort(probs)[::-1]
+        events.append(EmotionEvent(
+            event_id=face.event_id, camera_id=face.camera_id, session_id=face.session_id, frame_id=face.frame_id,
+            face_index=face.face_index, track_id=face.track_id, bbox=face.bbox,
+            label=EMOTIONS[order[0]], confidence=float(probs[order[0]]),
+            probabilities=[float(p) for p in probs], top2=(EMOTIONS[order[0]], EMOTIONS[order[1]]),
+            smoothed=[float(p) for p in state.probabilities], smoothed_label=EMOTIONS[int(np.argmax(state.probabilities))],
+            model_version=model_version,
+            times=StageTimes(captured_ms=face.captured_ms, detected_ms=face.detected_ms, classified_ms=now_ms)))
+    return events, updated
+
+
+def crops_for_model(faces: list[FaceMessage], model: EmotionModel) -> tuple[np.ndarray, int]:
+    """Stack crops at the model's input size; returns (crops, number that needed resizing)."""
+    size = model.preprocess.input_size
+    crops, mismatched = [], 0
+    for face in faces:
+        crop = face.crop_array()
+        if face.side != size:
+            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+            mismatched += 1
+        crops.append(crop)
+    return np.stack(crops), mismatched
+
+
+class TrackStore(Protocol):
+    def load(self, keys: list[str]) -> dict[str, TrackState | None]: ...
+
+    def save(self, states: dict[str, TrackState]) -> None: ...
+
+
+class MemoryTrackStore:
+    def __init__(self) -> None:
+        self.states: dict[str, TrackState] = {}
+
+    def load(self, keys: list[str]) -> dict[str, TrackState | None]:
+        return {k: self.states.get(k) for k in keys}
+
+    def save(self, states: dict[str, TrackState]) -> None:
+        self.states.update(states)
+
+
+class RedisTrackStore:
+    """Track states as small JSON strings with a TTL, so closed tracks disappear on their own."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client, self.keys = client, keys
+
+    def _key(self, track_key: str) -> str:
+        camera, _, track = track_key.rpartition(":")
+        return self.keys.track(camera, int(track))
+
+    def load(self, keys: list[str]) -> dict[str, TrackState | None]:
+        unique = list(dict.fromkeys(keys))
+        values = self.client.mget([self._key(k) for k in unique]) if unique else []
+        result: dict[str, TrackState | None] = {}
+        for key, raw in zip(unique, values):
+            if raw:
+                data = json.loads(raw)
+                result[key] = TrackState(np.array(data["p"], dtype=np.float64), int(data["t"]))
+            else:
+                result[key] = None
+        return result
+
+    def save(self, states: dict[str, TrackState]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, state in states.items():
+            pipe.set(self._key(key), json.dumps({"p": state.probabilities.round(5).tolist(), "t": state.at_ms}),
+                     ex=TRACK_STATE_TTL_S)
+        pipe.execute()
+
+
+class ClassifierProcessor:
+    input_model = FaceMessage
+
+    def __init__(self, model: EmotionModel, keys: Keys, tracks: TrackStore, *, tau_ms: float,
+                 model_loader: Callable[[], EmotionModel | None] | None = None, check_every_s: float = 1.0) -> None:
+        self.model = model
+        self.keys = keys
+        self.tracks = tracks
+        self.tau_ms = tau_ms
+        self.model_loader = model_loader  # returns a new model when the current version changed, else None
+        self.check_every_s = check_every_s
+        self._checked = time.monotonic()
+        self.model_error: str | None = None
+        self.swaps = 0
+        self._counters: dict[str, int] = {}
+
+    def _maybe_swap(self) -> None:
+        if self.model_loader is None or time.monotonic() - self._checked < self.check_every_s:
+            return
+        self._checked = time.monotonic()
+        try:
+            new_model = self.model_loader()
+        except ModelError as exc:
+            if self.model_error != str(exc):
+                log.error("event=model_refused error=%s serving=%s", exc, self.model.version)
+            self.model_error = str(exc)
+            return
+        if new_model is not None:
+            log.info("event=model_swapped old=%s new=%s", self.model.version, new_model.version)
+            self.model, self.model_error = new_model, None
+            self.swaps += 1
+
+    def handle(self, batch: list[FaceMessage]) -> list[Outbound]:
+        self._maybe_swap()  # between batches: every face of a batch sees the same model
+        crops, mismatched = crops_for_model(batch, self.model)
+        if mismatched:
+            self._counters["resized_crops"] = self._counters.get("resized_crops", 0) + mismatched
+        probabilities = self.model.predict(crops)
+        if not np.all(np.isfinite(probabilities)):
+            raise ValueError("model produced non-finite probabilities")
+        keys = [f"{f.camera_id}:{f.track_id}" for f in batch]
+        events, states = build_events(batch, probabilities, self.model.version, self.tracks.load(keys),
+                                      self.tau_ms, int(time.time() * 1000))
+        self.tracks.save(states)
+        return [Outbound(self.keys.events, encode(event)) for event in events]
+
+    def take_counters(self) -> dict[str, int]:
+        counters, self._counters = self._counters, {}
+        return counters
+
+    def heartbeat_info(self) -> dict:
+        return {"model_version": self.model.version, "model_error": self.model_error, "model_swaps": self.swaps}

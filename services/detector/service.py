@@ -1,0 +1,117 @@
+"""Detector: frames -> face crops. Decodes JPEGs, finds faces, tracks them per camera, crops them
+with the current model's own preprocessing and publishes one FaceMessage per face.
+
+The faces stream is never trimmed by length: a face that reached it will get its event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from shared.faces import FaceDetector, IoUTracker
+from shared.model_runtime import Preprocess, crop_face
+from shared.schemas import BBox, FaceMessage, FrameMessage, MessageError, encode
+from shared.settings import DetectorSettings
+from shared.streams import Keys
+from shared.worker import Outbound
+
+log = logging.getLogger(__name__)
+
+
+def decode_frame(message: FrameMessage) -> np.ndarray:
+    """Grey pixels of a frame; a JPEG that does not decode to the announced size is a bad message."""
+    gray = cv2.imdecode(np.frombuffer(message.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if gray is None:
+        raise MessageError(f"frame {message.camera_id}/{message.frame_id}: JPEG does not decode")
+    if gray.shape != (message.height, message.width):
+        raise MessageError(f"frame {message.camera_id}/{message.frame_id}: decoded {gray.shape[::-1]}, "
+                           f"announced {(message.width, message.height)}")
+    return gray
+
+
+@dataclass
+class DetectionResult:
+    faces: list[FaceMessage]
+    frames_without_faces: int
+
+
+@dataclass
+class FaceFinder:
+    """The pure part: frames in, face messages out. Holds per-camera trackers; no Redis."""
+
+    detector: FaceDetector
+    settings: DetectorSettings
+    preprocess: Preprocess
+    trackers: dict[str, IoUTracker] = field(default_factory=dict)
+
+    def process(self, frames: list[FrameMessage], now_ms: int | None = None) -> DetectionResult:
+        # Decode everything first: a corrupt frame fails the batch before any tracker changes state.
+        decoded = [decode_frame(frame) for frame in frames]
+        faces: list[FaceMessage] = []
+        empty = 0
+        for frame, gray in zip(frames, decoded):
+            boxes = self.detector.detect(gray)
+            if not boxes:
+                empty += 1
+            tracker = self.trackers.setdefault(
+                frame.camera_id, IoUTracker(self.settings.iou_threshold, self.settings.track_max_age_ms))
+            track_ids = tracker.update(boxes, frame.captured_ms)
+            detected_ms = now_ms or int(time.time() * 1000)
+            for index, (box, track_id) in enumerate(zip(boxes, track_ids)):
+                crop = crop_face(gray, box, self.preprocess)
+                x, y, w, h = box
+                faces.append(FaceMessage(
+                    camera_id=frame.camera_id, session_id=frame.session_id, frame_id=frame.frame_id,
+                    face_index=index, faces_in_frame=len(boxes), track_id=track_id,
+                    bbox=BBox(x=max(0, x), y=max(0, y), w=w, h=h), side=self.preprocess.input_size,
+                    preprocess=self.preprocess.id, captured_ms=frame.captured_ms, detected_ms=detected_ms,
+                    crop=crop.tobytes()))
+        return DetectionResult(faces, empty)
+
+
+class DetectorProcessor:
+    """Plugs FaceFinder into the worker loop; follows the current model's preprocessing."""
+
+    input_model = FrameMessage
+
+    def __init__(self, finder: FaceFinder, keys: Keys, preprocess_source=None, check_every_s: float = 1.0) -> None:
+        self.finder = finder
+        self.keys = keys
+        self.preprocess_source = preprocess_source  # callable returning the current model's Preprocess
+        self.check_every_s = check_every_s
+        self._checked = time.monotonic()
+        self.no_face_frames = 0
+        self._uncounted = 0
+
+    def _follow_model(self) -> None:
+        if self.preprocess_source is None or time.monotonic() - self._checked < self.check_every_s:
+            return
+        self._checked = time.monotonic()
+        try:
+            current = self.preprocess_source()
+        except Exception as exc:  # keep cropping with what we have; the classifier reports model problems
+            log.warning("event=preprocess_lookup_failed error=%r", exc)
+            return
+        if current != self.finder.preprocess:
+            log.info("event=preprocess_changed old=%s new=%s", self.finder.preprocess.id, current.id)
+            self.finder.preprocess = current
+
+    def handle(self, batch: list[FrameMessage]) -> list[Outbound]:
+        self._follow_model()
+        result = self.finder.process(batch)
+        self.no_face_frames += result.frames_without_faces
+        self._uncounted += result.frames_without_faces
+        return [Outbound(self.keys.faces, encode(face)) for face in result.faces]
+
+    def take_counters(self) -> dict[str, int]:
+        """Counters the worker adds to the stats hash in the same transaction as the batch's acks."""
+        counters, self._uncounted = {"frames_without_faces": self._uncounted}, 0
+        return counters
+
+    def heartbeat_info(self) -> dict:
+        return {"frames_without_faces": self.no_face_frames, "preprocess": self.finder.preprocess.id}

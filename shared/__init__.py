@@ -1,0 +1,1 @@
+"""Library code shared by the services and the trainer. Never imports TensorFlow."""

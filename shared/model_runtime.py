@@ -1,0 +1,157 @@
+"""Load an exported emotion model and run it on LiteRT (no TensorFlow in services).
+
+A model directory holds `model.tflite` and `metadata.json`. The metadata carries the model's own
+crop preprocessing (size, grey, histogram equalisation, margin): the detector crops with it and the
+classifier checks it, so serving can never silently diverge from training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.emotions import EMOTIONS
+
+MODEL_FILE = "model.tflite"
+METADATA_FILE = "metadata.json"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be served: missing, corrupt, or incompatible (the message says which)."""
+
+
+class Preprocess(BaseModel):
+    """How a face box becomes the model's input. Its `id` travels with every crop on the faces stream."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input_size: int = Field(48, ge=8, le=256)
+    grayscale: bool = True
+    equalize_hist: bool = False
+    margin: float = Field(0.0, ge=0, le=1, description="extra border around the detector box, fraction of its side")
+    input_range: str = Field("0-255", pattern=r"^(0-255|0-1)$", description="pixel range the graph expects")
+
+    @property
+    def id(self) -> str:
+        eq = "eq" if self.equalize_hist else "raw"
+        return f"g{self.input_size}-{eq}-m{self.margin:.2f}"
+
+
+class ModelMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    version: str = Field(min_length=1, max_length=100)
+    architecture: str
+    classes: list[str]
+    preprocess: Preprocess = Preprocess()
+    metrics: dict = Field(default_factory=dict)
+    sha256: str | None = Field(None, description="checksum of model.tflite")
+
+    @field_validator("classes")
+    @classmethod
+    def _fer_order(cls, value: list[str]) -> list[str]:
+        if tuple(value) != EMOTIONS:
+            raise ValueError(f"classes {value} are not the FER order {list(EMOTIONS)}")
+        return value
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_metadata(model_dir: Path) -> ModelMetadata:
+    path = Path(model_dir) / METADATA_FILE
+    try:
+        return ModelMetadata.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise ModelError(f"{model_dir}: no {METADATA_FILE} (not an exported model directory)") from None
+    except ValidationError as exc:
+        raise ModelError(f"{path}: invalid metadata: {exc.errors()[0]['msg']}") from None
+
+
+def crop_face(gray_frame: np.ndarray, box: tuple[int, int, int, int], preprocess: Preprocess) -> np.ndarray:
+    """Cut a square around a detector box (plus margin), resize to the model input, optionally equalise."""
+    x, y, w, h = box
+    side = int(round(max(w, h) * (1 + 2 * preprocess.margin)))
+    cx, cy = x + w / 2, y + h / 2
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    height, width = gray_frame.shape[:2]
+    # Pad by replicating edges so faces at the border keep their geometry instead of being squashed.
+    pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
+    if pad:
+        gray_frame = cv2.copyMakeBorder(gray_frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0 = x0 + pad, y0 + pad
+    crop = gray_frame[y0:y0 + side, x0:x0 + side]
+    interpolation = cv2.INTER_AREA if side > preprocess.input_size else cv2.INTER_LINEAR
+    crop = cv2.resize(crop, (preprocess.input_size, preprocess.input_size), interpolation=interpolation)
+    if preprocess.equalize_hist:
+        crop = cv2.equalizeHist(crop)
+    return crop
+
+
+class EmotionModel:
+    """A LiteRT interpreter over one exported model; `predict` takes uint8 crops (N, S, S)."""
+
+    def __init__(self, model_dir: Path, threads: int = 1) -> None:
+        model_dir = Path(model_dir)
+        self.metadata = read_metadata(model_dir)
+        model_path = model_dir / MODEL_FILE
+        if not model_path.is_file():
+            raise ModelError(f"{model_dir}: no {MODEL_FILE}")
+        if self.metadata.sha256 and file_sha256(model_path) != self.metadata.sha256:
+            raise ModelError(f"{model_path}: checksum does not match metadata (corrupt or tampered file)")
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+            self._input = self._interpreter.get_input_details()[0]
+            self._output = self._interpreter.get_output_details()[0]
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{model_path}: LiteRT cannot load it ({exc})") from None
+        size = self.metadata.preprocess.input_size
+        expected = [size, size, 1 if self.metadata.preprocess.grayscale else 3]
+        if list(self._input["shape"][1:]) != expected:
+            raise ModelError(f"{model_path}: input shape {list(self._input['shape'])} does not match metadata {expected}")
+        if int(self._output["shape"][-1]) != len(EMOTIONS):
+            raise ModelError(f"{model_path}: {self._output['shape'][-1]} outputs, expected {len(EMOTIONS)}")
+        self._batch = 0
+        self.directory = model_dir
+        self.predict(np.zeros((1, size, size), np.uint8))  # fail now, not on the first face
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.metadata.preprocess
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 7) in FER order for uint8 crops (N, S, S)."""
+        if crops.ndim != 3:
+            raise ValueError(f"crops must be (N, S, S), got {crops.shape}")
+        batch = crops.shape[0]
+        if batch == 0:
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        if batch != self._batch:
+            # Resizing costs a re-plan; micro-batches repeat sizes, so this is rare in steady state.
+            self._interpreter.resize_tensor_input(self._input["index"], [batch, *self._input["shape"][1:]])
+            self._interpreter.allocate_tensors()
+            self._batch = batch
+        x = crops.astype(np.float32)[..., None]
+        if self.preprocess.input_range == "0-1":
+            x /= 255.0
+        self._interpreter.set_tensor(self._input["index"], x)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"]).copy()
+
+    def predict_tta(self, crops: np.ndarray) -> np.ndarray:
+        """Mean of the prediction on the crops and on their mirror images (flip test-time augmentation)."""
+        return (self.predict(crops) + self.predict(crops[:, :, ::-1].copy())) / 2

@@ -1,0 +1,130 @@
+"""The versioned model registry: one directory per version, the current version pointer in Redis.
+
+    <registry_dir>/<version>/model.tflite, model.keras, metadata.json, report.md ...
+
+The pointer lives in Redis (`<prefix>:model:current`) so every classifier replica sees a promotion;
+it is mirrored to `<registry_dir>/CURRENT` so a fresh Redis still knows what to serve. With an
+empty registry the model shipped in the repository (`models/default`) is served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import redis
+
+from shared.model_runtime import EmotionModel, ModelError, ModelMetadata, read_metadata
+from shared.streams import Keys
+
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEFAULT_VERSION = "default"
+
+
+class ModelRegistry:
+    def __init__(self, root: Path, client: redis.Redis | None, keys: Keys, default_dir: Path | None = None) -> None:
+        self.root = Path(root)
+        self.client = client
+        self.keys = keys
+        self.default_dir = Path(default_dir) if default_dir else None
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def versions(self) -> list[ModelMetadata]:
+        """Every registered version with readable metadata, oldest first."""
+        found = []
+        if self.root.is_dir():
+            for child in sorted(self.root.iterdir()):
+                if child.is_dir() and (child / "metadata.json").exists():
+                    try:
+                        found.append(read_metadata(child))
+                    except ModelError:
+                        continue
+        return found
+
+    def current_version(self) -> str | None:
+        if self.client is not None:
+            value = self.client.get(self.keys.model_current)
+            if value:
+                return value.decode()
+        pointer = self.root / "CURRENT"
+        return pointer.read_text().strip() or None if pointer.exists() else None
+
+    def path(self, version: str) -> Path:
+        if version == DEFAULT_VERSION and self.default_dir is not None and not (self.root / version).exists():
+            return self.default_dir
+        if not VERSION_PATTERN.match(version):
+            raise ModelError(f"invalid model version name {version!r}")
+        path = self.root / version
+        if not path.is_dir():
+            raise ModelError(f"model version {version!r} is not in the registry at {self.root}")
+        return path
+
+    def current_dir(self) -> Path:
+        """Directory of the model to serve: the current version, else the shipped default."""
+        version = self.current_version()
+        if version:
+            return self.path(version)
+        if self.default_dir is not None and (self.default_dir / "metadata.json").exists():
+            return self.default_dir
+        raise ModelError(f"no current model: registry {self.root} has no current version and no default model "
+                         f"is installed (train one with `emotion train`, or set EMOTION_DEFAULT_MODEL_DIR)")
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def register(self, source_dir: Path, version: str | None = None) -> str:
+        """Copy an exported model directory into the registry (atomically, via a temp dir + rename)."""
+        metadata = read_metadata(source_dir)
+        version = version or metadata.version
+        if not VERSION_PATTERN.match(version):
+            raise ModelError(f"invalid model version name {version!r}")
+        EmotionModel(source_dir)  # refuse what cannot be served before it enters the registry
+        target = self.root / version
+        if target.exists():
+            raise ModelError(f"model version {version!r} already exists in {self.root}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".{version}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source_dir, staging)
+        if version != metadata.version:
+            data = json.loads((staging / "metadata.json").read_text())
+            data["version"] = version
+            (staging / "metadata.json").write_text(json.dumps(data, indent=2))
+        os.replace(staging, target)
+        return version
+
+    def promote(self, version: str) -> None:
+        """Make `version` current after checking that it loads; announce it to running classifiers."""
+        EmotionModel(self.path(version))  # a corrupt or incompatible model is refused here
+        previous = self.current_version()
+        if self.client is not None:
+            pipe = self.client.pipeline(transaction=True)
+            if previous and previous != version:
+                pipe.lpush(self.keys.model_history, previous)
+            pipe.set(self.keys.model_current, version)
+            pipe.publish(self.keys.model_updates, json.dumps({"event": "promoted", "version": version}))
+            pipe.execute()
+        self._write_pointer(version)
+
+    def rollback(self) -> str:
+        """Return to the previously current version."""
+        if self.client is None:
+            raise ModelError("rollback needs Redis (the promotion history lives there)")
+        previous = self.client.lpop(self.keys.model_history)
+        if not previous:
+            raise ModelError("nothing to roll back to: no earlier promoted version")
+        version = previous.decode()
+        EmotionModel(self.path(version))
+        self.client.set(self.keys.model_current, version)
+        self.client.publish(self.keys.model_updates, json.dumps({"event": "rolled_back", "version": version}))
+        self._write_pointer(version)
+        return version
+
+    def _write_pointer(self, version: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / ".CURRENT.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / "CURRENT")

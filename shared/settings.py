@@ -1,0 +1,103 @@
+"""Every knob of the platform in one place: environment variables with the EMOTION_ prefix.
+
+Nested sections use a double underscore (EMOTION_WORKER__BATCH_SIZE=32). REDIS_URL and DATABASE_URL
+are also read without the prefix, as container platforms set them. CLI flags override by passing
+keyword arguments to `Settings(...)`. Unknown EMOTION_ variables are rejected, so typos fail loudly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorkerSettings(_Section):
+    """The consumer-group loop shared by every stream service."""
+
+    batch_size: int = Field(16, ge=1, le=10_000, description="entries read per XREADGROUP")
+    block_ms: int = Field(200, ge=1, le=60_000, description="XREADGROUP BLOCK timeout")
+    batch_wait_ms: int = Field(0, ge=0, le=10_000, description="after a short read, wait this long to fill a batch")
+    claim_idle_ms: int = Field(15_000, ge=100, description="reclaim entries left pending this long by dead consumers")
+    claim_interval_s: float = Field(5.0, gt=0, description="how often to look for abandoned entries")
+    max_deliveries: int = Field(5, ge=1, le=1000, description="deliveries before an entry goes to <stream>:dead")
+    heartbeat_ttl_s: int = Field(10, ge=2, description="a consumer whose heartbeat key expired is presumed dead")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+
+
+class CaptureSettings(_Section):
+    fps: float = Field(15.0, gt=0, le=240, description="frames per second published per camera")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    max_width: int = Field(1280, ge=64, description="frames wider than this are downscaled before encoding")
+    shed_lag: int = Field(30, ge=1, description="drop new frames while the detector is this many frames behind")
+    reconnect_max_s: float = Field(30.0, gt=0, description="cap of the reconnect backoff for network sources")
+
+
+class DetectorSettings(_Section):
+    backend: str = Field("haar", description="face detector: haar (OpenCV cascade)")
+    detect_width: int = Field(320, ge=80, description="frames are downscaled to this width for detection")
+    min_face: int = Field(40, ge=8, description="smallest face side in original-frame pixels")
+    scale_factor: float = Field(1.15, gt=1.0, lt=2.0)
+    min_neighbors: int = Field(5, ge=1)
+    iou_threshold: float = Field(0.3, gt=0, lt=1, description="IoU that continues a track")
+    track_max_age_ms: int = Field(1500, ge=1, description="a track unseen this long is closed")
+
+
+class ClassifierSettings(_Section):
+    threads: int = Field(1, ge=1, le=64, description="inference threads per replica")
+    batch_size: int = Field(64, ge=1, le=1024, description="faces per inference call (micro-batch)")
+    batch_wait_ms: int = Field(10, ge=0, le=1000, description="wait at most this long to fill a micro-batch")
+    smoothing_tau_ms: float = Field(600.0, gt=0, description="time constant of the per-track EMA")
+    model_check_s: float = Field(1.0, gt=0, description="how often to look for a newly promoted model")
+
+
+class RecorderSettings(_Section):
+    retention_days: int | None = Field(None, ge=1, description="delete events older than this (None keeps all)")
+    keep_crops: bool = Field(False, description="opt-in: store face crops (privacy: off by default)")
+    crop_max_age_days: int = Field(7, ge=1)
+
+
+class DashboardSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8050, ge=1, le=65535)
+    auth_token: str | None = Field(None, description="required (token or user:password) when host is not local")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(40_000_000, ge=1024)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMOTION_", env_nested_delimiter="__", extra="forbid")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("EMOTION_REDIS_URL", "REDIS_URL"),
+                           description="redis:// or rediss:// (TLS) URL; user:password@ for ACL users")
+    database_url: str = Field("sqlite:///emotion.sqlite",
+                              validation_alias=AliasChoices("EMOTION_DATABASE_URL", "DATABASE_URL"),
+                              description="SQLAlchemy URL of the event store (SQLite file or PostgreSQL)")
+    prefix: str = Field("emotion", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of every Redis key and stream")
+    registry_dir: Path = Field(Path("registry"), description="versioned model registry directory")
+    default_model_dir: Path = Field(REPO_ROOT / "models" / "default", description="model served when the registry is empty")
+    frames_maxlen: int = Field(300, ge=10, description="approximate cap of the live frames stream (shed beyond)")
+    events_maxlen: int = Field(100_000, ge=1000, description="approximate cap of the events stream (recorded first)")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    worker: WorkerSettings = WorkerSettings()
+    capture: CaptureSettings = CaptureSettings()
+    detector: DetectorSettings = DetectorSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    recorder: RecorderSettings = RecorderSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value

@@ -1,0 +1,50 @@
+"""The training request: validated before a job is enqueued and again inside the job (no TensorFlow here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MODEL_NAMES = ("compact", "compact16", "compact48", "baseline")
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run depends on; two runs with equal configs and data give equal models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(description="FER-2013: .npz file or folder, fer2013.csv, or train/ test/ image folders")
+    extra: list[Path] = Field(default_factory=list, description="extra datasets laid out <emotion>/<images>")
+    ferplus: Path | None = Field(None, description="FER+ votes: aligned .npz (or its folder) or fer2013new.csv")
+    fer_weight: float = Field(0.5, ge=0, le=1, description="weight of the FER one-hot label vs FER+ votes")
+    require_face: bool = Field(False, description="drop training images where the face detector finds no face")
+    model: str = Field("compact", description=f"architecture: one of {', '.join(MODEL_NAMES)}")
+    epochs: int = Field(60, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=4096)
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-2, ge=0, le=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    class_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
+    patience: int = Field(20, ge=1, description="epochs without PublicTest improvement before stopping")
+    augment: bool = True
+    seed: int = 1337
+    max_images: int | None = Field(None, ge=7, description="subsample Training (stratified) for quick runs")
+    run_dir: Path | None = Field(None, description="checkpoints and logs; an existing run resumes")
+    promote: Literal["never", "if-better", "always"] = Field(
+        "if-better", description="make the new model current: never, only if it beats the current on PublicTest, or always")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r}; choose one of {', '.join(MODEL_NAMES)}")
+        return value
+
+    @field_validator("data")
+    @classmethod
+    def _data_exists(cls, value: Path) -> Path:
+        if not value.expanduser().exists():
+            raise ValueError(f"dataset path {value} does not exist")
+        return value.expanduser()

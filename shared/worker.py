@@ -1,0 +1,351 @@
+"""The one consumer-group loop every stream service runs.
+
+heartbeat -> reclaim abandoned entries -> XREADGROUP -> validate -> handle -> publish + XACK -> repeat
+
+Guarantees:
+- outputs and the XACK of their inputs are written in one MULTI/EXEC transaction, so an entry is
+  either acknowledged together with everything it produced, or neither happened;
+- an entry that fails validation, raises in `handle`, or has been delivered `max_deliveries` times
+  goes to `<stream>:dead` with its reason (acknowledged in the same transaction), never crashing the loop;
+- `TransientError` (a database down, say) and Redis outages are retried with capped exponential
+  backoff without acknowledging anything, so nothing accepted is lost;
+- on start the consumer first re-processes its own pending entries; every `claim_interval_s` it
+  XAUTOCLAIMs entries other consumers left idle for `claim_idle_ms` (a replica killed with -9);
+- SIGTERM/SIGINT: finish the batch in hand, ack, exit 0 (a second signal exits at once).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, Sequence, TypeVar
+
+import redis
+
+from shared.redis_conn import REDIS_DOWN_ERRORS
+from shared.schemas import Fields, MessageError, _Message, decode
+from shared.settings import WorkerSettings
+from shared.streams import Keys
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=_Message)
+DEAD_MAXLEN = 10_000
+DEAD_FIELD_LIMIT = 64 * 1024  # keep at most this much of each original field in a dead letter
+
+
+class TransientError(RuntimeError):
+    """A failure of something outside the message (a database, a disk): retry later, never dead-letter."""
+
+
+@dataclass
+class Outbound:
+    """One entry to append to a stream."""
+
+    stream: str
+    fields: dict[str, bytes]
+    maxlen: int | None = None  # approximate cap (MAXLEN ~) for live, sheddable streams
+
+
+@dataclass
+class Delivery(Generic[M]):
+    entry_id: bytes
+    message: M
+
+
+class Processor(Protocol[M]):
+    """What a service plugs into the loop: a message type, a batch handler, and counter names."""
+
+    input_model: type[M]
+
+    def handle(self, batch: list[M]) -> list[Outbound]:
+        """Process validated messages; raise MessageError/ValueError for a bad one, TransientError to retry."""
+        ...
+
+
+@dataclass
+class WorkerStats:
+    entries: int = 0
+    dead: int = 0
+    outputs: int = 0
+    batches: int = 0
+    reclaimed: int = 0
+    redis_errors: int = 0
+    transient_errors: int = 0
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    busy_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def default_consumer_name(service: str) -> str:
+    """host-pid-random: unique per replica, so replicas never read each other's pending entries."""
+    return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class StreamWorker(Generic[M]):
+    def __init__(self, client: redis.Redis, processor: Processor[M], *, service: str, stream: str, group: str,
+                 keys: Keys, settings: WorkerSettings, consumer: str | None = None) -> None:
+        self.client = client
+        self.processor = processor
+        self.service = service
+        self.stream = stream
+        self.group = group
+        self.keys = keys
+        self.settings = settings
+        self.consumer = consumer or default_consumer_name(service)
+        self.stats = WorkerStats()
+        self.stop_event = threading.Event()
+        self._signals = 0
+        self._last_claim = 0.0
+        self._last_heartbeat = 0.0
+        self._own_pending_done = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        def _on_signal(signum, _frame):
+            self._signals += 1
+            if self._signals > 1:
+                log.warning("event=cold_stop service=%s signal=%s", self.service, signum)
+                os._exit(1)
+            log.info("event=warm_stop service=%s signal=%s", self.service, signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+
+    def run(self, *, max_entries: int | None = None, burst: bool = False) -> int:
+        """Loop until stopped; `burst` returns once nothing is pending or new (how tests drive it)."""
+        log.info("event=start service=%s consumer=%s stream=%s group=%s",
+                 self.service, self.consumer, self.stream, self.group)
+        backoff = self.settings.backoff_initial_s
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._ensure_group()
+                    handled = self.step()
+                    backoff = self.settings.backoff_initial_s
+                    if max_entries is not None and self.stats.entries >= max_entries:
+                        break
+                    if burst and handled == 0 and self._own_pending_done:
+                        break
+                except REDIS_DOWN_ERRORS as exc:
+                    self.stats.redis_errors += 1
+                    log.warning("event=redis_down service=%s error=%r retry_in_s=%.1f", self.service, exc, backoff)
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, self.settings.backoff_max_s)
+                except TransientError as exc:
+                    self.stats.transient_errors += 1
+                    log.warning("event=transient_error service=%s error=%s retry_in_s=%.1f", self.service, exc, backoff)
+                    # Our unacked entries stay pending; read them again from the start after the pause.
+                    self._own_pending_done = False
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, self.settings.backoff_max_s)
+        finally:
+            self._teardown()
+        log.info("event=stop service=%s consumer=%s stats=%s", self.service, self.consumer,
+                 json.dumps(self.stats.as_dict()))
+        return 0
+
+    def _teardown(self) -> None:
+        try:
+            self.client.delete(self.keys.heartbeat(self.service, self.consumer))
+        except REDIS_DOWN_ERRORS:
+            pass
+
+    def _ensure_group(self) -> None:
+        if getattr(self, "_group_ready", False):
+            return
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    # --- one iteration -----------------------------------------------------------------------
+
+    def step(self) -> int:
+        """Heartbeat, reclaim, read one batch and process it; returns the number of entries handled."""
+        now = time.monotonic()
+        if now - self._last_heartbeat >= 1.0:
+            self._heartbeat()
+            self._last_heartbeat = now
+        handled = 0
+        if now - self._last_claim >= self.settings.claim_interval_s:
+            self._last_claim = now
+            handled += self._reclaim()
+        entries = self._read()
+        if entries:
+            handled += self._process(entries, check_deliveries=not self._reading_new)
+        return handled
+
+    def _read(self) -> list[tuple[bytes, Fields]]:
+        self._reading_new = self._own_pending_done
+        start_id = ">" if self._own_pending_done else "0"
+        try:
+            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: start_id},
+                                           count=self.settings.batch_size,
+                                           block=self.settings.block_ms if self._own_pending_done else None)
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis restarted without our group: make it again
+                self._group_ready = False
+                return []
+            raise
+        entries = reply[0][1] if reply else []
+        if not self._own_pending_done:
+            if not entries:
+                self._own_pending_done = True
+            return [(i, f) for i, f in entries if f]  # pending entries already trimmed come back empty
+        if entries and self.settings.batch_wait_ms and len(entries) < self.settings.batch_size:
+            entries = list(entries) + self._fill_batch(len(entries))
+        return entries
+
+    def _fill_batch(self, have: int) -> list[tuple[bytes, Fields]]:
+        """Micro-batching: keep reading until the batch is full or batch_wait_ms has passed."""
+        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
+        more: list[tuple[bytes, Fields]] = []
+        while have + len(more) < self.settings.batch_size:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+                                           count=self.settings.batch_size - have - len(more), block=left_ms)
+            if not reply or not reply[0][1]:
+                break
+            more.extend(reply[0][1])
+        return more
+
+    def _reclaim(self) -> int:
+        """Take over entries that consumers which stopped answering left pending too long."""
+        claimed: list[tuple[bytes, Fields]] = []
+        start = "0-0"
+        while True:
+            reply = self.client.xautoclaim(self.stream, self.group, self.consumer,
+                                           min_idle_time=self.settings.claim_idle_ms, start_id=start,
+                                           count=self.settings.batch_size)
+            start, entries = reply[0], reply[1]
+            deleted = reply[2] if len(reply) > 2 else []
+            if deleted:  # pending entries whose data was trimmed (shed frames): nothing left to do
+                self.client.xack(self.stream, self.group, *deleted)
+                self._count("trimmed_pending", len(deleted))
+            claimed.extend(e for e in entries if e[1])
+            if start in (b"0-0", "0-0") or len(claimed) >= self.settings.batch_size * 4:
+                break
+        if claimed:
+            self.stats.reclaimed += len(claimed)
+            log.info("event=reclaimed service=%s consumer=%s entries=%d", self.service, self.consumer, len(claimed))
+            for start_index in range(0, len(claimed), self.settings.batch_size):
+                self._process(claimed[start_index:start_index + self.settings.batch_size], check_deliveries=True)
+        return len(claimed)
+
+    def _delivery_counts(self, ids: Sequence[bytes]) -> dict[bytes, int]:
+        counts: dict[bytes, int] = {}
+        for entry_id in ids:
+            rows = self.client.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            if rows:
+                counts[entry_id] = int(rows[0]["times_delivered"])
+        return counts
+
+    def _process(self, entries: list[tuple[bytes, Fields]], check_deliveries: bool) -> int:
+        started = time.perf_counter()
+        dead: list[tuple[bytes, Fields, str]] = []
+        good: list[Delivery[M]] = []
+        counts = self._delivery_counts([i for i, _ in entries]) if check_deliveries else {}
+        for entry_id, fields in entries:
+            delivered = counts.get(entry_id, 1)
+            if delivered > self.settings.max_deliveries:
+                dead.append((entry_id, fields, f"delivered {delivered} times without success "
+                                               f"(max_deliveries={self.settings.max_deliveries})"))
+                continue
+            try:
+                good.append(Delivery(entry_id, decode(self.processor.input_model, fields)))
+            except MessageError as exc:
+                dead.append((entry_id, fields, str(exc)))
+        outputs: list[Outbound] = []
+        done_ids: list[bytes] = []
+        if good:
+            try:
+                outputs = self.processor.handle([d.message for d in good])
+                done_ids = [d.entry_id for d in good]
+            except (TransientError, *REDIS_DOWN_ERRORS):
+                raise
+            except Exception:
+                # Something in the batch is poison: retry one at a time so only the culprit is dead-lettered.
+                outputs, done_ids = self._process_one_by_one(good, dead, entries)
+        self._commit(outputs, done_ids, dead)
+        self.stats.entries += len(entries)
+        self.stats.batches += 1
+        self.stats.busy_s += time.perf_counter() - started
+        return len(entries)
+
+    def _process_one_by_one(self, good: list[Delivery[M]], dead: list, entries) -> tuple[list[Outbound], list[bytes]]:
+        raw = dict(entries)
+        outputs: list[Outbound] = []
+        done: list[bytes] = []
+        for delivery in good:
+            try:
+                outputs.extend(self.processor.handle([delivery.message]))
+                done.append(delivery.entry_id)
+            except (TransientError, *REDIS_DOWN_ERRORS):
+                raise
+            except Exception as exc:
+                log.error("event=poison service=%s entry=%s error=%r\n%s", self.service,
+                          delivery.entry_id.decode(), exc, traceback.format_exc())
+                dead.append((delivery.entry_id, raw[delivery.entry_id], f"{type(exc).__name__}: {exc}"))
+        return outputs, done
+
+    def _commit(self, outputs: list[Outbound], done_ids: list[bytes], dead: list[tuple[bytes, Fields, str]]) -> None:
+        """Publish outputs, dead letters and XACKs atomically (MULTI/EXEC)."""
+        pipe = self.client.pipeline(transaction=True)
+        for out in outputs:
+            if out.maxlen:
+                pipe.xadd(out.stream, out.fields, maxlen=out.maxlen, approximate=True)
+            else:
+                pipe.xadd(out.stream, out.fields)
+        dead_stream = self.keys.dead(self.stream)
+        for entry_id, fields, reason in dead:
+            letter = {b"reason": reason.encode()[:2000], b"entry_id": entry_id, b"group": self.group.encode(),
+                      b"consumer": self.consumer.encode(), b"failed_ms": str(int(time.time() * 1000)).encode()}
+            for name, value in list(fields.items())[:32]:
+                letter[b"orig:" + name[:100]] = value[:DEAD_FIELD_LIMIT]
+            pipe.xadd(dead_stream, letter, maxlen=DEAD_MAXLEN, approximate=True)
+            log.warning("event=dead_letter service=%s entry=%s reason=%s", self.service, entry_id.decode(), reason)
+        acked = done_ids + [d[0] for d in dead]
+        if acked:
+            pipe.xack(self.stream, self.group, *acked)
+        stats_key = self.keys.stats(self.service)
+        pipe.hincrby(stats_key, "entries_in", len(done_ids))
+        if outputs:
+            pipe.hincrby(stats_key, "entries_out", len(outputs))
+        if dead:
+            pipe.hincrby(stats_key, "dead", len(dead))
+        take_counters = getattr(self.processor, "take_counters", None)
+        for name, amount in (take_counters() if callable(take_counters) else {}).items():
+            if amount:
+                pipe.hincrby(stats_key, name, amount)
+        pipe.execute()
+        self.stats.outputs += len(outputs)
+        self.stats.dead += len(dead)
+
+    def _count(self, name: str, amount: int) -> None:
+        self.client.hincrby(self.keys.stats(self.service), name, amount)
+
+    def _heartbeat(self) -> None:
+        beat = {"service": self.service, "consumer": self.consumer, "host": socket.gethostname(),
+                "pid": os.getpid(), "ts_ms": int(time.time() * 1000), **self.stats.as_dict()}
+        extra = getattr(self.processor, "heartbeat_info", None)
+        if callable(extra):
+            beat.update(extra())
+        self.client.set(self.keys.heartbeat(self.service, self.consumer), json.dumps(beat),
+                        ex=self.settings.heartbeat_ttl_s)

@@ -1,0 +1,1 @@
+"""Datasets, architectures, training, evaluation and export. The only package that imports TensorFlow."""
