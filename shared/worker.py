@@ -109,6 +109,7 @@ class StreamWorker(Generic[M]):
         self._last_claim = 0.0
         self._last_heartbeat = 0.0
         self._own_pending_done = False
+        self._reading_new = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class StreamWorker(Generic[M]):
                     backoff = self.settings.backoff_initial_s
                     if max_entries is not None and self.stats.entries >= max_entries:
                         break
-                    if burst and handled == 0 and self._own_pending_done:
+                    if burst and handled == 0 and self._reading_new:
                         break
                 except REDIS_DOWN_ERRORS as exc:
                     self.stats.redis_errors += 1

@@ -55,3 +55,21 @@ def fer_publictest() -> Path:
     if not path.exists():
         pytest.skip(f"FER-2013 archive not present at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The model the services serve: the shipped default (EMOTION_TEST_MODEL_DIR overrides)."""
+    path = Path(os.environ.get("EMOTION_TEST_MODEL_DIR", REPO_ROOT / "models" / "default"))
+    if not (path / "model.tflite").exists():
+        pytest.fail(f"no exported model at {path}: the repository ships models/default")
+    return path
+
+
+@pytest.fixture
+def pipeline_settings(settings, model_dir) -> Settings:
+    """Settings for driving real services in-process: the test model, quick reclaim, small batches."""
+    return settings.model_copy(update={
+        "default_model_dir": model_dir,
+        "worker": settings.worker.model_copy(update={"block_ms": 50, "claim_idle_ms": 500, "claim_interval_s": 0.2}),
+    })
