@@ -177,7 +177,7 @@ def count_recorded(database_url: str, session_id: str) -> int | None:
 def run_up(settings: Settings, options: UpOptions) -> dict:
     from emotion.commands.pipeline import new_session_id
 
-    data_dir = Path(os.environ.get("EMOTION_DATA_DIR", ".emotion"))
+    data_dir = settings.data_dir
     redis_url, embedded = ensure_redis(settings, data_dir)
     client = connect(redis_url)
     keys = Keys(settings.prefix)

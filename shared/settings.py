@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+import os
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +89,7 @@ class Settings(BaseSettings):
     frames_maxlen: int = Field(300, ge=10, description="approximate cap of the live frames stream (shed beyond)")
     events_maxlen: int = Field(100_000, ge=1000, description="approximate cap of the events stream (recorded first)")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    data_dir: Path = Field(Path(".emotion"), description="run-time files of `emotion up`: logs, embedded Redis")
 
     worker: WorkerSettings = WorkerSettings()
     capture: CaptureSettings = CaptureSettings()
@@ -101,3 +104,32 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _no_unknown_environment(self) -> "Settings":
+        unknown = unknown_env_names(os.environ)
+        if unknown:
+            raise ValueError(f"unknown setting(s) in the environment: {', '.join(sorted(unknown))}")
+        return self
+
+
+def unknown_env_names(environ) -> list[str]:
+    """EMOTION_* variables that name no setting (a typo would otherwise be silently ignored)."""
+    prefix = "EMOTION_"
+    top = {name.upper(): field for name, field in Settings.model_fields.items()}
+    unknown = []
+    for name in environ:
+        if not name.upper().startswith(prefix):
+            continue
+        section, _, leaf = name[len(prefix):].upper().partition("__")
+        field = top.get(section)
+        if field is None:
+            unknown.append(name)
+            continue
+        if leaf:
+            model = field.annotation
+            fields = getattr(model, "model_fields", {})
+            if leaf.lower() not in fields:
+                unknown.append(name)
+    return unknown
+

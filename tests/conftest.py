@@ -59,8 +59,8 @@ def fer_publictest() -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
-    """The model the services serve: the shipped default (EMOTION_TEST_MODEL_DIR overrides)."""
-    path = Path(os.environ.get("EMOTION_TEST_MODEL_DIR", REPO_ROOT / "models" / "default"))
+    """The model the services serve: the shipped default (TEST_MODEL_DIR overrides)."""
+    path = Path(os.environ.get("TEST_MODEL_DIR", REPO_ROOT / "models" / "default"))
     if not (path / "model.tflite").exists():
         pytest.fail(f"no exported model at {path}: the repository ships models/default")
     return path

@@ -49,3 +49,14 @@ def test_keys_share_one_prefix():
              keys.heartbeat("detector", "c1"), keys.stats("capture"), keys.track("cam", 3)]
     assert all(n.startswith("dep1:") for n in names)
     assert keys.dead(keys.faces) == "dep1:faces:dead"
+
+
+def test_misspelt_environment_variable_is_rejected(monkeypatch):
+    """Guards against typos silently doing nothing (EMOTION_WORKER__BATCHSIZE instead of BATCH_SIZE)."""
+    monkeypatch.setenv("EMOTION_WORKER__BATCHSIZE", "8")
+    with pytest.raises(ValidationError, match="(?i)batchsize"):
+        Settings()
+    monkeypatch.delenv("EMOTION_WORKER__BATCHSIZE")
+    monkeypatch.setenv("EMOTION_FOO", "x")
+    with pytest.raises(ValidationError, match="EMOTION_FOO"):
+        Settings()
