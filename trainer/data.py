@@ -194,7 +194,10 @@ def load_image_release(root: Path) -> dict[str, Split]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         folder_split = canonical_split(folder.name)
         for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-            label = emotion_index(class_dir.name)
+            try:
+                label = emotion_index(class_dir.name)
+            except KeyError:
+                raise DatasetError(f"{class_dir}: folder name is not an emotion") from None
             for file in sorted(class_dir.iterdir()):
                 if file.suffix.lower() not in IMAGE_SUFFIXES:
                     continue

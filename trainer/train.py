@@ -17,7 +17,7 @@ import numpy as np
 
 from shared.emotions import NUM_EMOTIONS
 from shared.training import TrainConfig
-from trainer.data import Split, attach_ferplus, concat, load_dataset, load_ferplus_votes, load_labelled_folder
+from trainer.data import DatasetError, Split, attach_ferplus, concat, load_dataset, load_ferplus_votes, load_labelled_folder
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,12 @@ def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 def prepare_data(cfg: TrainConfig) -> PreparedData:
     splits = load_dataset(cfg.data)
     if "Training" not in splits:
-        raise ValueError(f"{cfg.data}: no Training split found (found {sorted(splits)})")
+        raise DatasetError(f"{cfg.data}: no Training split found (found {sorted(splits)})")
     train_split = splits.pop("Training")
     if cfg.ferplus is not None:
         votes = load_ferplus_votes(cfg.ferplus)
         if "Training" not in votes:
-            raise ValueError(f"{cfg.ferplus}: no FER+ votes for the Training split")
+            raise DatasetError(f"{cfg.ferplus}: no FER+ votes for the Training split")
         attach_ferplus(train_split, votes["Training"], cfg.fer_weight)
     if "PublicTest" in splits:
         val_split = splits.pop("PublicTest")

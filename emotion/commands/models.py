@@ -1,0 +1,74 @@
+"""Model registry subcommands: emotion models list | promote VERSION | rollback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _registry(required_redis: bool):
+    from shared.bootstrap import redis_from, registry_from
+    from shared.redis_conn import RedisUnavailable
+    from shared.settings import Settings
+
+    settings = Settings()
+    try:
+        client = redis_from(settings, wait_s=5.0 if required_redis else 1.0)
+    except RedisUnavailable:
+        if required_redis:
+            raise
+        client = None  # listing still works from the registry directory and its CURRENT file
+    return registry_from(settings, client)
+
+
+def cmd_list(args) -> int:
+    registry = _registry(required_redis=False)
+    current = registry.current_version()
+    rows = []
+    for meta in registry.versions():
+        public = meta.metrics.get("PublicTest") or {}
+        rows.append({"version": meta.version, "current": meta.version == current, "architecture": meta.architecture,
+                     "created": getattr(meta, "created", None), "params": getattr(meta, "params", None),
+                     "top1": public.get("top1"), "top1_tta": public.get("top1_tta"),
+                     "macro_f1": public.get("macro_f1")})
+    if args.json:
+        print(json.dumps({"current": current, "registry": str(registry.root), "versions": rows}))
+        return 0
+    if not rows:
+        print(f"no models in {registry.root}" + (f" (current: {current})" if current else ""))
+        return 0
+    print(f"{'':2}{'version':32} {'architecture':12} {'PublicTest top-1':>16} {'macro F1':>8}  created")
+    for row in rows:
+        top1 = f"{row['top1']:.2%}" if row["top1"] is not None else "-"
+        f1 = f"{row['macro_f1']:.3f}" if row["macro_f1"] is not None else "-"
+        print(f"{'*' if row['current'] else ' ':2}{row['version']:32} {row['architecture']:12} {top1:>16} {f1:>8}  "
+              f"{row['created'] or '-'}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    registry = _registry(required_redis=True)
+    previous = registry.current_version()
+    registry.promote(args.version)
+    print(f"promoted {args.version}" + (f" (previous: {previous})" if previous else ""))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    registry = _registry(required_redis=True)
+    version = registry.rollback()
+    print(f"rolled back to {version}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list, promote or roll back registered models")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser("list", help="registered versions, the current one starred")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_list)
+    q = actions.add_parser("promote", help="make VERSION the model every classifier serves")
+    q.add_argument("version")
+    q.set_defaults(func=cmd_promote)
+    q = actions.add_parser("rollback", help="return to the previously current version")
+    q.set_defaults(func=cmd_rollback)

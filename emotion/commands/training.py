@@ -1,0 +1,209 @@
+"""Training subcommands: train (foreground or queued), worker, evaluate, job status/cancel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from shared.settings import REPO_ROOT
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "fer2013"
+
+
+def _settings():
+    from shared.settings import Settings
+
+    return Settings()
+
+
+def _connect(settings, required: bool = True, wait_s: float = 5.0):
+    """A Redis client; with required=False, None when Redis is down (read-only commands fall back to files)."""
+    from shared.bootstrap import redis_from
+    from shared.redis_conn import RedisUnavailable
+
+    try:
+        return redis_from(settings, wait_s=wait_s)
+    except RedisUnavailable:
+        if required:
+            raise
+        return None
+
+
+def _data_path(value: str | None) -> Path:
+    from emotion.cli import UserError
+
+    if value:
+        return Path(value).expanduser()
+    if DEFAULT_DATA.exists():
+        return DEFAULT_DATA
+    raise UserError(f"no dataset at the default location {DEFAULT_DATA}; pass --data PATH "
+                    "(fer2013.csv, train/ test/ image folders, or .npz archives)")
+
+
+def _train_config(args):
+    from shared.training import TrainConfig
+
+    fields = {"data": _data_path(args.data), "extra": [Path(p).expanduser() for p in args.extra or []],
+              "ferplus": Path(args.ferplus).expanduser() if args.ferplus else None,
+              "fer_weight": args.fer_weight, "require_face": args.require_face, "model": args.model,
+              "epochs": args.epochs, "batch_size": args.batch_size,
+              "run_dir": Path(args.run_dir).expanduser() if args.run_dir else None,
+              "promote": args.promote, "max_images": args.max_images}
+    return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def cmd_train(args) -> int:
+    from emotion.cli import UserError
+    from shared.bootstrap import registry_from
+    from trainer.data import DatasetError
+    from trainer.jobs import enqueue_training, train_and_register
+
+    cfg = _train_config(args)
+    settings = _settings()
+    if args.enqueue:
+        job = enqueue_training(_connect(settings), cfg, settings, version=args.version)
+        print(f"queued training job {job.id} on queue '{job.origin}' (run `emotion worker` to process it; "
+              f"`emotion job status {job.id}` shows progress)", file=sys.stderr)
+        print(job.id)
+        return 0
+    # Promotion writes the current-model pointer and its history to Redis: check it before hours of training.
+    client = _connect(settings, required=cfg.promote != "never")
+    registry = registry_from(settings, client)
+    try:
+        summary = train_and_register(cfg, registry, version=args.version, verbose=1)
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    metrics = summary["metrics"]
+    print(f"model {summary['version']} registered in {settings.registry_dir}: PublicTest top-1 {metrics['top1']:.2%} "
+          f"(flip TTA {metrics.get('top1_tta', float('nan')):.2%}), macro F1 {metrics['macro_f1']:.3f}; "
+          f"{'promoted' if summary['promoted'] else 'not promoted'} ({summary['reason']})", file=sys.stderr)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from shared.bootstrap import configure_logging
+    from trainer.jobs import run_worker
+
+    settings = _settings()
+    if args.check_config:
+        print(json.dumps({"ok": True, "command": "worker"}))
+        return 0
+    configure_logging(settings)
+    run_worker(_connect(settings, wait_s=10.0), burst=args.burst)
+    return 0
+
+
+def _pick_split(path: Path, name: str | None):
+    from emotion.cli import UserError
+    from trainer.data import DatasetError, canonical_split, load_dataset
+
+    try:
+        splits = load_dataset(path)
+        wanted = canonical_split(name) if name else None
+    except DatasetError as exc:
+        raise UserError(str(exc)) from None
+    if wanted and wanted in splits:
+        return splits[wanted]
+    if len(splits) == 1 and (wanted is None or path.is_file()):
+        split = next(iter(splits.values()))
+        split.name = wanted or (split.name if split.name != "Unknown" else path.stem)
+        return split
+    if wanted is None and "PublicTest" in splits:
+        return splits["PublicTest"]
+    raise UserError(f"{path}: split {wanted or '(none given)'} not found; available: {', '.join(sorted(splits))} "
+                    "(choose with --split)")
+
+
+def cmd_evaluate(args) -> int:
+    from shared.bootstrap import registry_from
+    from trainer.evaluate import evaluate, markdown_per_class, markdown_summary, resolve_model_dir
+
+    settings = _settings()
+    model_path = Path(args.model).expanduser() if args.model else None
+    registry = registry_from(settings, None if model_path and model_path.is_dir() else _connect(settings, False, 1.0))
+    model_dir = resolve_model_dir(model_path, registry) if model_path else registry.current_dir()
+    split = _pick_split(Path(args.data).expanduser(), args.split)
+    result = evaluate(model_dir, split, tta=not args.no_tta)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"model {result['model_version']} ({model_dir}) on {split.name}:")
+    print(markdown_summary({split.name: result}))
+    print()
+    print(markdown_per_class(result["tta"] if result.get("tta") else result)
+          + ("\n(per class: with flip TTA)" if result.get("tta") else ""))
+    if result.get("throughput"):
+        print(f"\nthroughput: {result['throughput']['faces_per_s']:.0f} faces/s (1 thread, batch 64)")
+    return 0
+
+
+def cmd_job(args) -> int:
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from emotion.cli import UserError
+    from trainer.jobs import cancel_training, serializer
+
+    client = _connect(_settings())
+    if args.action == "cancel":
+        try:
+            print(cancel_training(client, args.job_id))
+        except NoSuchJobError:
+            raise UserError(f"no training job {args.job_id}") from None
+        return 0
+    try:
+        job = Job.fetch(args.job_id, connection=client, serializer=serializer())
+    except NoSuchJobError:
+        raise UserError(f"no training job {args.job_id}") from None
+    status = {"id": job.id, "status": str(job.get_status().value), "meta": job.get_meta(),
+              "enqueued_at": str(job.enqueued_at), "ended_at": str(job.ended_at)}
+    if status["status"] == "finished":
+        status["result"] = job.return_value()
+    if status["status"] == "failed":
+        latest = job.latest_result()
+        status["error"] = latest.exc_string if latest else None
+    print(json.dumps(status, default=str))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from shared.training import MODEL_NAMES
+
+    p = sub.add_parser("train", help="train a model, then export, evaluate, register and (maybe) promote it")
+    p.add_argument("--data", default=None, help=f"FER-2013: fer2013.csv, train/ test/ folders or .npz (default {DEFAULT_DATA})")
+    p.add_argument("--extra", action="append", help="extra dataset laid out <emotion>/<images> (repeatable)")
+    p.add_argument("--ferplus", default=None, help="FER+ votes: aligned .npz (or folder) or fer2013new.csv")
+    p.add_argument("--fer-weight", type=float, default=None, help="weight of the FER label vs FER+ votes (0..1)")
+    p.add_argument("--require-face", action="store_true", default=None,
+                   help="drop training images where the face detector finds no face")
+    p.add_argument("--model", default=None, choices=MODEL_NAMES, help="architecture (default compact)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--run-dir", default=None, help="checkpoints and logs (an existing run resumes)")
+    p.add_argument("--promote", default=None, choices=("never", "if-better", "always"),
+                   help="make the new model current (default if-better: only if it beats the current on PublicTest)")
+    p.add_argument("--max-images", type=int, default=None, help="subsample Training (quick runs)")
+    p.add_argument("--version", default=None, help="registry version name (default <model>-<UTC time>)")
+    p.add_argument("--enqueue", action="store_true", help="queue the run for `emotion worker` and print the job id")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("worker", help="run the RQ training worker (queue 'training')")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--check-config", action="store_true", help="validate settings and exit")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("evaluate", help="score an exported model on a dataset split (LiteRT, as served)")
+    p.add_argument("--model", default=None, help="registry version or model directory (default: the current model)")
+    p.add_argument("--data", required=True, help="dataset: .npz, folder of .npz, fer2013.csv or image folders")
+    p.add_argument("--split", default=None, help="Training, PublicTest or PrivateTest (default PublicTest)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-tta", action="store_true", help="skip the flip test-time-augmentation scores")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("job", help="status or cancellation of a queued training job")
+    p.add_argument("action", choices=("status", "cancel"))
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_job)

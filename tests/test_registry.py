@@ -1,0 +1,81 @@
+"""The model registry against a real Redis: register, promote, rollback, and refusal of corrupt models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.model_runtime import ModelError
+from shared.registry import ModelRegistry
+from tests.trainer_fixtures import copy_model
+
+pytestmark = pytest.mark.slow  # builds the fixture model with TensorFlow
+
+
+@pytest.fixture
+def registry(settings, redis_client, keys, tmp_path):
+    return ModelRegistry(settings.registry_dir, redis_client, keys, default_dir=tmp_path / "no default")
+
+
+def test_register_promote_and_rollback(registry, redis_client, keys, tmp_path):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(keys.model_updates)
+    for version in ("v1", "v2"):
+        registry.register(copy_model(tmp_path / f"src {version}", version))
+    assert [m.version for m in registry.versions()] == ["v1", "v2"]
+    assert registry.current_version() is None
+    registry.promote("v1")
+    registry.promote("v2")
+    assert registry.current_version() == "v2"
+    assert (registry.root / "CURRENT").read_text().strip() == "v2"
+    assert redis_client.lrange(keys.model_history, 0, -1) == [b"v1"]
+    assert registry.rollback() == "v1"
+    assert registry.current_version() == "v1" and registry.current_dir() == registry.root / "v1"
+    assert (registry.root / "CURRENT").read_text().strip() == "v1"
+    events = []
+    for _ in range(10):
+        message = pubsub.get_message(timeout=0.2)
+        if message and message["type"] == "message":
+            events.append(json.loads(message["data"]))
+    assert [e["event"] for e in events] == ["promoted", "promoted", "rolled_back"]
+    with pytest.raises(ModelError, match="nothing to roll back"):
+        registry.rollback()
+
+
+def test_corrupt_model_is_refused_and_current_stays(registry, tmp_path):
+    """Regression guard: promoting a damaged model.tflite must fail clearly and leave the served model alone."""
+    registry.register(copy_model(tmp_path / "good", "good"))
+    registry.promote("good")
+    registry.register(copy_model(tmp_path / "bad", "bad"))
+    tflite = registry.root / "bad" / "model.tflite"
+    data = bytearray(tflite.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\0" * 64
+    tflite.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum does not match"):
+        registry.promote("bad")
+    assert registry.current_version() == "good"
+    assert (registry.root / "CURRENT").read_text().strip() == "good"
+
+
+def test_unloadable_model_without_checksum_is_refused(registry, tmp_path):
+    source = copy_model(tmp_path / "garbage", "garbage")
+    (source / "model.tflite").write_bytes(b"definitely not a flatbuffer")
+    metadata = json.loads((source / "metadata.json").read_text())
+    metadata["sha256"] = None
+    (source / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(ModelError, match="LiteRT cannot load"):
+        registry.register(source)
+    assert registry.versions() == []
+
+
+def test_version_names_are_checked(registry, tmp_path):
+    source = copy_model(tmp_path / "src", "ok")
+    with pytest.raises(ModelError, match="invalid model version"):
+        registry.register(source, "../escape")
+    registry.register(source, "renamed")
+    assert registry.versions()[0].version == "renamed"  # metadata follows the registry name
+    with pytest.raises(ModelError, match="already exists"):
+        registry.register(source, "renamed")
+    with pytest.raises(ModelError, match="not in the registry"):
+        registry.promote("missing")
