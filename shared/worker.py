@@ -87,6 +87,15 @@ class WorkerStats:
         return dict(self.__dict__)
 
 
+def _id_str(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def default_consumer_name(service: str) -> str:
     """host-pid-random: unique per replica, so replicas never read each other's pending entries."""
     return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -94,7 +103,8 @@ def default_consumer_name(service: str) -> str:
 
 class StreamWorker(Generic[M]):
     def __init__(self, client: redis.Redis, processor: Processor[M], *, service: str, stream: str, group: str,
-                 keys: Keys, settings: WorkerSettings, consumer: str | None = None) -> None:
+                 keys: Keys, settings: WorkerSettings, consumer: str | None = None,
+                 trim_keep_ms: int | None = None) -> None:
         self.client = client
         self.processor = processor
         self.service = service
@@ -103,6 +113,8 @@ class StreamWorker(Generic[M]):
         self.keys = keys
         self.settings = settings
         self.consumer = consumer or default_consumer_name(service)
+        # None: never trim. Otherwise entries every group has acknowledged and older than this go.
+        self.trim_keep_ms = trim_keep_ms
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self._signals = 0
@@ -186,6 +198,8 @@ class StreamWorker(Generic[M]):
         if now - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = now
             handled += self._reclaim()
+            if self.trim_keep_ms is not None:
+                self._trim_consumed()
         entries = self._read()
         if entries:
             handled += self._process(entries, check_deliveries=not self._reading_new)
@@ -249,6 +263,23 @@ class StreamWorker(Generic[M]):
             for start_index in range(0, len(claimed), self.settings.batch_size):
                 self._process(claimed[start_index:start_index + self.settings.batch_size], check_deliveries=True)
         return len(claimed)
+
+    def _trim_consumed(self) -> int:
+        """Drop entries that every group has acknowledged and that are older than trim_keep_ms.
+
+        Streams that are never shed by length (faces, events) stay bounded this way once consumed;
+        nothing unread or pending is ever removed.
+        """
+        floor = f"{int(time.time() * 1000) - self.trim_keep_ms}-0"
+        safe = [floor]
+        for group in self.client.xinfo_groups(self.stream):
+            safe.append(_id_str(group["last-delivered-id"]))
+            if group.get("pending"):
+                summary = self.client.xpending(self.stream, group["name"])
+                if summary.get("min"):
+                    safe.append(_id_str(summary["min"]))
+        min_id = min(safe, key=_id_key)
+        return self.client.xtrim(self.stream, minid=min_id, approximate=False)
 
     def _delivery_counts(self, ids: Sequence[bytes]) -> dict[bytes, int]:
         counts: dict[bytes, int] = {}

@@ -143,3 +143,25 @@ def test_hot_swap_between_batches_loses_and_duplicates_nothing(redis_client, pip
     versions = [e.model_version for e in events]
     assert len(events) == len({e.event_id for e in events}) == total
     assert versions[0] == "v1" and versions[-1] == "v2" and worker.processor.swaps == 1
+
+
+def test_consumed_entries_are_trimmed_but_unread_and_pending_ones_are_kept(redis_client, pipeline_settings, tmp_path):
+    """The faces stream is never shed by length, so it must shrink once faces are classified."""
+    keys = Keys(pipeline_settings.prefix)
+    settings = pipeline_settings.model_copy(update={"classifier": pipeline_settings.classifier.model_copy(
+        update={"batch_size": 2, "batch_wait_ms": 0})})
+    total = _fill_faces(redis_client, settings, tmp_path, frames=10)
+    worker = build_classifier(settings, redis_client)
+    worker.trim_keep_ms = 0
+    worker.run(max_entries=4)
+    held = [entry_id for entry_id, _ in redis_client.xreadgroup(CLASSIFIER_GROUP, "slow-replica", {keys.faces: ">"},
+                                                                 count=2)[0][1]]
+    worker._trim_consumed()
+    remaining = [entry_id for entry_id, _ in redis_client.xrange(keys.faces)]
+    assert remaining[0] == held[0]  # pending at another consumer: kept, and everything after it
+    assert len(remaining) == total - 4
+    redis_client.xack(keys.faces, CLASSIFIER_GROUP, *held)
+    worker.run(burst=True)
+    worker._trim_consumed()
+    assert redis_client.xlen(keys.faces) <= 1  # the last delivered entry marks the group's position
+    assert redis_client.xlen(keys.events) == total - 2

@@ -12,6 +12,9 @@ from shared.streams import CLASSIFIER_GROUP, Keys
 from shared.worker import StreamWorker
 from services.classifier.service import ClassifierProcessor, RedisTrackStore
 
+# Classified faces are trimmed from the faces stream after a minute (kept briefly for debugging).
+FACES_KEEP_MS = 60_000
+
 
 def model_follower(registry: ModelRegistry, threads: int, serving: str) -> Callable[[], EmotionModel | None]:
     """A loader that returns a freshly loaded model when the current version moved, else None.
@@ -41,7 +44,7 @@ def build_worker(settings: Settings, client, consumer: str | None = None) -> Str
                                     model_loader=model_follower(registry, settings.classifier.threads, str(model_dir)),
                                     check_every_s=settings.classifier.model_check_s)
     return StreamWorker(client, processor, service="classifier", stream=keys.faces, group=CLASSIFIER_GROUP,
-                        keys=keys, consumer=consumer,
+                        keys=keys, consumer=consumer, trim_keep_ms=FACES_KEEP_MS,
                         settings=settings.worker.model_copy(update={"batch_size": settings.classifier.batch_size,
                                                                     "batch_wait_ms": settings.classifier.batch_wait_ms}))
 
