@@ -1,0 +1,154 @@
+"""What every page needs, built once per app: settings, a Redis client with short timeouts, the store,
+the model registry and (lazily) the model used by the Analyze page.
+
+Nothing here may hang a request: Redis calls time out in about two seconds, store queries run on a
+small thread pool and are abandoned after `query_timeout_s`, and every failure becomes a
+`SourceUnavailable` whose message the page shows in its error banner until the next refresh works.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from services.dashboard.live import EventWindow
+from shared.redis_conn import REDIS_DOWN_ERRORS, redact
+from shared.registry import ModelRegistry
+from shared.settings import Settings
+from shared.streams import Keys
+
+log = logging.getLogger(__name__)
+
+REDIS_TIMEOUT_S = 2.0
+QUERY_TIMEOUT_S = 8.0
+
+
+class SourceUnavailable(RuntimeError):
+    """Redis, the store or the model cannot answer right now; the message is safe to show on the page."""
+
+
+class DashboardContext:
+    def __init__(self, settings: Settings, *, query_timeout_s: float = QUERY_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
+                                          socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0),
+                                          health_check_interval=10)
+        self.query_timeout_s = query_timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard-query")
+        self._lock = threading.Lock()
+        self._engine = None
+        self._model = None
+        self._model_dir = None
+        self._model_lock = threading.Lock()
+        self._detector = None
+        self.events = EventWindow(self.redis, self.keys)
+
+    # --- Redis ---------------------------------------------------------------------------------
+
+    def redis_call(self, fn: Callable[[redis.Redis], Any]) -> Any:
+        """Run `fn(client)`; an unreachable Redis becomes SourceUnavailable with a readable message."""
+        try:
+            return fn(self.redis)
+        except REDIS_DOWN_ERRORS as exc:
+            raise SourceUnavailable(f"Redis at {redact(self.settings.redis_url)} is not answering "
+                                    f"({type(exc).__name__}); retrying") from None
+        except redis.AuthenticationError:
+            raise SourceUnavailable(f"Redis at {redact(self.settings.redis_url)} refused the credentials") from None
+
+    # --- the SQL store ---------------------------------------------------------------------------
+
+    def engine(self):
+        with self._lock:
+            if self._engine is None:
+                try:
+                    from shared.store import make_engine
+                except ImportError as exc:
+                    raise SourceUnavailable(f"the history store is not available in this build ({exc})") from None
+                try:
+                    self._engine = make_engine(self.settings.database_url)
+                except Exception as exc:  # noqa: BLE001 - any driver error is shown, not raised
+                    raise SourceUnavailable(f"cannot open the event store: {type(exc).__name__}: {exc}") from None
+            return self._engine
+
+    def query(self, name: str, *args, **kwargs) -> Any:
+        """Call `shared.store.queries.<name>(engine, ...)` with a time limit."""
+        try:
+            from shared.store import queries
+        except ImportError as exc:
+            raise SourceUnavailable(f"the history store is not available in this build ({exc})") from None
+        engine = self.engine()
+        future = self._pool.submit(getattr(queries, name), engine, *args, **kwargs)
+        try:
+            return future.result(timeout=self.query_timeout_s)
+        except FutureTimeout:
+            raise SourceUnavailable(f"the event store did not answer within {self.query_timeout_s:.0f} s; "
+                                    "retrying") from None
+        except SourceUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken database must not break the page
+            log.warning("event=store_query_failed query=%s error=%r", name, exc, exc_info=True)
+            raise SourceUnavailable(f"event store query failed: {type(exc).__name__}: {exc}") from None
+
+    # --- models ----------------------------------------------------------------------------------
+
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.settings.registry_dir, self.redis, self.keys, self.settings.default_model_dir)
+
+    def detector(self):
+        with self._model_lock:
+            if self._detector is None:
+                from shared.faces import make_detector
+
+                d = self.settings.detector
+                self._detector = make_detector(d.backend, detect_width=d.detect_width, min_face=d.min_face,
+                                               scale_factor=d.scale_factor, min_neighbors=d.min_neighbors)
+            return self._detector
+
+    def model(self):
+        """The currently promoted model (reloaded after a promotion), as a thread-safe wrapper."""
+        from shared.model_runtime import EmotionModel, ModelError
+
+        try:
+            directory = self.redis_call(lambda _c: self.registry().current_dir())
+        except ModelError as exc:
+            raise SourceUnavailable(str(exc)) from None
+        with self._model_lock:
+            if self._model is None or self._model_dir != directory:
+                try:
+                    self._model = _LockedModel(EmotionModel(directory))
+                except ModelError as exc:
+                    raise SourceUnavailable(str(exc)) from None
+                self._model_dir = directory
+            return self._model
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.redis.close()
+
+
+class _LockedModel:
+    """A LiteRT interpreter is not thread-safe; the dashboard's server threads share one through this."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self._model.version
+
+    @property
+    def preprocess(self):
+        return self._model.preprocess
+
+    def predict(self, crops):
+        with self._lock:
+            return self._model.predict(crops)

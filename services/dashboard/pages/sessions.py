@@ -1,0 +1,119 @@
+"""Sessions: the end-of-session report for any recorded session, at /sessions?session=<id>.
+
+`emotion start` opens this URL when the user stops it with Ctrl+C.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from dash import Input, Output, dcc, html
+
+from services.dashboard import ui
+from services.dashboard.charts import (COLORS, base_layout, empty_figure, probabilities_figure, shares_figure,
+                                       stacked_counts_figure)
+from services.dashboard.context import DashboardContext, SourceUnavailable
+from services.dashboard.pages.history import as_frame
+from shared.emotions import EMOTIONS
+
+NAME = "sessions"
+PATH = "/sessions"
+TITLE = "Sessions"
+
+
+def _field(report, *names):
+    for name in names:
+        if isinstance(report, dict) and name in report:
+            return report[name]
+        if not isinstance(report, dict) and hasattr(report, name):
+            return getattr(report, name)
+    return None
+
+
+def report_frames(report) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(counts, shares, mean probabilities) from whatever shape the store's session_report returns."""
+    counts = as_frame(_field(report, "counts", "emotion_counts", "counts_per_label"))
+    shares = as_frame(_field(report, "shares", "emotion_shares"))
+    means = as_frame(_field(report, "mean_probabilities", "probabilities", "means", "timeline"))
+    if shares.empty and not counts.empty and {"label", "count"} <= set(counts.columns):
+        totals = counts.groupby("label", as_index=False)["count"].sum()
+        totals["share"] = totals["count"] / max(1, int(totals["count"].sum()))
+        shares = totals
+    return counts, shares, means
+
+
+def counts_figure(counts: pd.DataFrame) -> go.Figure:
+    if counts.empty or "count" not in counts:
+        return empty_figure("No faces were recorded in this session")
+    if "bucket" in counts:
+        return stacked_counts_figure(counts, "Faces over the session")
+    totals = counts.groupby("label")["count"].sum()
+    fig = go.Figure(go.Bar(x=list(EMOTIONS), y=[int(totals.get(e, 0)) for e in EMOTIONS],
+                           marker_color=[COLORS[e] for e in EMOTIONS]))
+    fig.update_layout(**base_layout(height=340, title="Faces per emotion"))
+    return fig
+
+
+def session_options(ctx: DashboardContext) -> tuple[list[dict], str | None]:
+    try:
+        sessions = as_frame(ctx.query("list_sessions", limit=200))
+    except SourceUnavailable as exc:
+        return [], str(exc)
+    if sessions.empty:
+        return [], None
+    column = "session_id" if "session_id" in sessions else sessions.columns[0]
+    options = []
+    for _, row in sessions.iterrows():
+        label = str(row[column])
+        details = [str(row[c]) for c in ("camera_id", "started", "start", "events", "count") if c in row and
+                   pd.notna(row[c])]
+        options.append({"label": " · ".join([label, *details]), "value": str(row[column])})
+    return options, None
+
+
+def layout(ctx: DashboardContext, query: dict) -> html.Div:
+    options, error = session_options(ctx)
+    selected = query.get("session") or (options[0]["value"] if options else None)
+    if selected and selected not in {o["value"] for o in options}:
+        options = [{"label": selected, "value": selected}] + options
+    return html.Div([
+        ui.page_header("Session report", "Counts, shares and mean probabilities of one recorded session.",
+                       dcc.Dropdown(id="session-select", options=options, value=selected, clearable=False,
+                                    placeholder="No recorded sessions yet", className="control-dropdown wide")),
+        html.Div(ui.banner(error), id="session-banner"),
+        html.Div(id="session-report"),
+    ])
+
+
+def register(app, ctx: DashboardContext) -> None:
+    @app.callback(Output("session-report", "children"), Output("session-banner", "children", allow_duplicate=True),
+                  Input("session-select", "value"), prevent_initial_call="initial_duplicate")
+    def _report(session_id):
+        if not session_id:
+            return html.Div(className="card empty", children=[
+                html.H3("No session selected"),
+                html.P("Sessions appear here once the recorder has stored events (run `emotion start 0` or "
+                       "`emotion up`).")]), None
+        try:
+            report = ctx.query("session_report", session_id)
+        except SourceUnavailable as exc:
+            return None, ui.banner(str(exc))
+        counts, shares, means = report_frames(report)
+        total = int(counts["count"].sum()) if "count" in counts else 0
+        link = dcc.Link(f"/sessions?session={session_id}", href=f"/sessions?session={session_id}")
+        if total == 0 and shares.empty and means.empty:
+            return html.Div(className="card empty", children=[
+                html.H3(f"Session {session_id} has no recorded faces"),
+                html.P("Either no face was detected, or the recorder has not stored this session's events yet."),
+                html.P(["Permalink: ", link])]), None
+        return html.Div([
+            html.P([f"Session {session_id}: {total:,} faces. Permalink: ", link], className="summary"),
+            ui.card(None, dcc.Graph(id="session-counts", figure=counts_figure(counts),
+                                    config={"displaylogo": False, "displayModeBar": "hover"})),
+            html.Div(className="grid-2", children=[
+                ui.card(None, dcc.Graph(id="session-shares", figure=shares_figure(shares, "Share of faces"),
+                                        config={"displaylogo": False, "displayModeBar": "hover"})),
+                ui.card(None, dcc.Graph(id="session-probs", figure=probabilities_figure(means, "Mean probability"),
+                                        config={"displaylogo": False, "displayModeBar": "hover"})),
+            ]),
+        ]), None

@@ -1,0 +1,211 @@
+"""Training: enqueue a training job, follow RQ jobs live, and manage model versions (promote, rollback).
+
+Jobs run on the RQ queue `training` (served by `emotion worker`); this page only enqueues and reads,
+so it never imports TensorFlow. Progress comes from each job's meta (stage, epoch, epochs, metrics, eta_s).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dash import Input, Output, State, ctx as dash_ctx, dcc, html, no_update
+from pydantic import ValidationError
+
+from services.dashboard import ui
+from services.dashboard.context import DashboardContext, SourceUnavailable
+from shared.training import MODEL_NAMES, TrainConfig
+
+log = logging.getLogger(__name__)
+
+NAME = "training"
+PATH = "/training"
+TITLE = "Training"
+REFRESH_MS = 2000
+MAX_JOBS_PER_STATE = 10
+DEFAULT_DATA = Path("../shared/data/fer2013")
+
+
+def enqueue(ctx: DashboardContext, cfg: TrainConfig):
+    """Enqueue through trainer.jobs (imported lazily; it imports no TensorFlow at import time)."""
+    from trainer.jobs import enqueue_training
+
+    return ctx.redis_call(lambda client: enqueue_training(client, cfg, ctx.settings))
+
+
+def _queue(client):
+    from trainer.jobs import training_queue
+
+    return training_queue(client)
+
+
+def list_jobs(client) -> list[dict]:
+    """Jobs of the training queue, newest first, with their state and progress meta."""
+    from rq.job import Job
+
+    queue = _queue(client)
+    by_state = {"queued": queue.get_job_ids()[:MAX_JOBS_PER_STATE],
+                "started": queue.started_job_registry.get_job_ids()[:MAX_JOBS_PER_STATE],
+                "finished": queue.finished_job_registry.get_job_ids()[-MAX_JOBS_PER_STATE:],
+                "failed": queue.failed_job_registry.get_job_ids()[-MAX_JOBS_PER_STATE:]}
+    rows = []
+    for state, ids in by_state.items():
+        for job in Job.fetch_many(ids, connection=client, serializer=queue.serializer):
+            if job is None:
+                continue
+            meta = dict(job.meta or {})
+            error = None
+            if state == "failed":
+                result = job.latest_result()
+                error = (getattr(result, "exc_string", None) or "").strip().splitlines()[-1:] if result else None
+            rows.append({"id": job.id, "state": state, "description": job.description or "", "meta": meta,
+                         "enqueued_at": job.enqueued_at, "started_at": job.started_at, "ended_at": job.ended_at,
+                         "error": error[0] if error else None})
+    rows.sort(key=lambda r: r["enqueued_at"] or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
+    return rows
+
+
+def _progress(meta: dict) -> html.Div:
+    epoch, epochs = meta.get("epoch"), meta.get("epochs")
+    fraction = (float(epoch) / float(epochs)) if epoch is not None and epochs else 0.0
+    if meta.get("stage") == "done":
+        fraction = 1.0
+    label = f"epoch {epoch}/{epochs}" if epoch is not None and epochs else meta.get("stage", "")
+    return html.Div(className="progress", title=label, children=[
+        html.Div(className="progress-bar", style={"width": f"{100 * min(1.0, fraction):.0f}%"}),
+        html.Span(label, className="progress-label")])
+
+
+def _metrics_text(metrics) -> str:
+    if not isinstance(metrics, dict) or not metrics:
+        return "–"
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} {v:.3f}" for k, v in value.items() if isinstance(v, (int, float)) and
+                              k in ("top1", "accuracy", "macro_f1", "top2"))
+            if inner:
+                parts.append(f"{key}: {inner}")
+        elif isinstance(value, (int, float)):
+            parts.append(f"{key} {value:.3f}")
+    return "; ".join(parts[:4]) or "–"
+
+
+def _jobs_table(rows: list[dict]) -> html.Div:
+    body = []
+    for row in rows:
+        meta = row["meta"]
+        eta = meta.get("eta_s")
+        when = row["enqueued_at"].strftime("%Y-%m-%d %H:%M:%S") if row["enqueued_at"] else "–"
+        body.append([html.Code(row["id"][:12]), html.Span(row["state"], className=f"state state-{row['state']}"),
+                     row["description"], meta.get("stage", "–"), _progress(meta),
+                     _metrics_text(meta.get("metrics") or (meta.get("result") or {}).get("metrics")),
+                     f"{eta:.0f} s" if isinstance(eta, (int, float)) else "–", when, row["error"] or ""])
+    return ui.table(["job", "state", "what", "stage", "progress", "metrics", "eta", "enqueued (UTC)", "error"],
+                    body, class_name="jobs-table", empty="No training jobs yet")
+
+
+def _versions(ctx: DashboardContext):
+    registry = ctx.registry()
+    versions = registry.versions()
+    current = ctx.redis_call(lambda _c: registry.current_version())
+    return versions, current
+
+
+def _versions_table(versions, current) -> html.Div:
+    rows = []
+    for meta in reversed(versions):
+        rows.append([html.Strong(meta.version) if meta.version == current else meta.version,
+                     meta.architecture, _metrics_text(meta.metrics),
+                     html.Span("current", className="state state-finished") if meta.version == current else ""])
+    return ui.table(["version", "architecture", "metrics", ""], rows, class_name="versions-table",
+                    empty="No model in the registry yet: the shipped default model is served")
+
+
+def layout(ctx: DashboardContext, query: dict) -> html.Div:
+    return html.Div([
+        ui.page_header("Training", "Train on the RQ queue 'training' (run `emotion worker` to serve it) and "
+                                   "manage model versions."),
+        html.Div(id="train-banner"),
+        html.Div(className="grid-2", children=[
+            ui.card("New training job", html.Div(className="form", children=[
+                html.Label(["Dataset path", dcc.Input(id="train-data", type="text", value=str(DEFAULT_DATA),
+                                                      className="input", debounce=False)]),
+                html.Label(["Model", dcc.Dropdown(id="train-model", options=list(MODEL_NAMES), value="compact",
+                                                  clearable=False)]),
+                html.Label(["Epochs", dcc.Input(id="train-epochs", type="number", min=1, max=1000, value=60,
+                                                className="input")]),
+                html.Label(["Max images (optional, for a quick run)",
+                            dcc.Input(id="train-max-images", type="number", min=7, className="input")]),
+                html.Label(["Promote", dcc.Dropdown(id="train-promote", value="if-better", clearable=False,
+                                                    options=["if-better", "always", "never"])]),
+                html.Button("Enqueue training", id="train-submit", className="btn"),
+                html.Div(id="train-message", className="form-message"),
+            ])),
+            ui.card("Model versions", html.Div(id="train-versions"), html.Div(className="form-row", children=[
+                dcc.Dropdown(id="train-version", placeholder="version to promote", className="control-dropdown"),
+                html.Button("Promote", id="train-promote-btn", className="btn"),
+                html.Button("Rollback", id="train-rollback-btn", className="btn btn-secondary"),
+            ]), html.Div(id="train-model-message", className="form-message")),
+        ]),
+        ui.card("Jobs", html.Div(id="train-jobs")),
+        dcc.Interval(id="train-tick", interval=REFRESH_MS),
+    ])
+
+
+def register(app, ctx: DashboardContext) -> None:
+    @app.callback(Output("train-message", "children"), Input("train-submit", "n_clicks"),
+                  State("train-data", "value"), State("train-model", "value"), State("train-epochs", "value"),
+                  State("train-max-images", "value"), State("train-promote", "value"), prevent_initial_call=True)
+    def _submit(_clicks, data, model, epochs, max_images, promote):
+        try:
+            cfg = TrainConfig(data=Path(data or ""), model=model, epochs=epochs or 60, max_images=max_images or None,
+                              promote=promote)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            return html.Span(f"Not enqueued: {problems}", className="error-text")
+        try:
+            job = enqueue(ctx, cfg)
+        except SourceUnavailable as exc:
+            return html.Span(f"Not enqueued: {exc}", className="error-text")
+        except ImportError as exc:
+            return html.Span(f"Not enqueued: the trainer is not installed ({exc})", className="error-text")
+        log.info("event=training_enqueued job=%s model=%s epochs=%d", job.id, cfg.model, cfg.epochs)
+        return html.Span(["Enqueued job ", html.Code(job.id, id="train-job-id")], className="ok-text")
+
+    @app.callback(Output("train-jobs", "children"), Output("train-versions", "children"),
+                  Output("train-version", "options"), Output("train-banner", "children"),
+                  Input("train-tick", "n_intervals"), Input("train-message", "children"),
+                  Input("train-model-message", "children"))
+    def _refresh(_n, _m1, _m2):
+        try:
+            try:
+                jobs_view = _jobs_table(ctx.redis_call(list_jobs))
+            except ImportError as exc:
+                jobs_view = ui.banner(f"the trainer is not installed ({exc})", "warning")
+            versions, current = _versions(ctx)
+        except SourceUnavailable as exc:
+            return no_update, no_update, no_update, ui.banner(str(exc))
+        options = [{"label": v.version + (" (current)" if v.version == current else ""), "value": v.version}
+                   for v in reversed(versions)]
+        return jobs_view, _versions_table(versions, current), options, None
+
+    @app.callback(Output("train-model-message", "children"), Input("train-promote-btn", "n_clicks"),
+                  Input("train-rollback-btn", "n_clicks"), State("train-version", "value"), prevent_initial_call=True)
+    def _promote(_p, _r, version):
+        from shared.model_runtime import ModelError
+
+        registry = ctx.registry()
+        try:
+            if dash_ctx.triggered_id == "train-rollback-btn":
+                restored = ctx.redis_call(lambda _c: registry.rollback())
+                log.info("event=model_rollback version=%s", restored)
+                return html.Span(f"Rolled back to {restored}", className="ok-text")
+            if not version:
+                return html.Span("Choose a version to promote", className="error-text")
+            ctx.redis_call(lambda _c: registry.promote(version))
+            log.info("event=model_promoted version=%s", version)
+            return html.Span(f"Promoted {version}", className="ok-text")
+        except (ModelError, SourceUnavailable) as exc:
+            return html.Span(str(exc), className="error-text")
