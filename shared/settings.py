@@ -55,7 +55,7 @@ class DetectorSettings(_Section):
 
 class ClassifierSettings(_Section):
     threads: int = Field(1, ge=1, le=64, description="inference threads per replica")
-    batch_size: int = Field(64, ge=1, le=1024, description="faces per inference call (micro-batch)")
+    batch_size: int = Field(16, ge=1, le=1024, description="faces per inference call (micro-batch)")
     batch_wait_ms: int = Field(10, ge=0, le=1000, description="wait at most this long to fill a micro-batch")
     smoothing_tau_ms: float = Field(600.0, gt=0, description="time constant of the per-track EMA")
     model_check_s: float = Field(1.0, gt=0, description="how often to look for a newly promoted model")

@@ -51,24 +51,28 @@ def smooth(previous: TrackState | None, probabilities: np.ndarray, at_ms: int, t
 def build_events(faces: list[FaceMessage], probabilities: np.ndarray, model_version: str,
                  states: dict[str, TrackState | None], tau_ms: float, now_ms: int
                  ) -> tuple[list[EmotionEvent], dict[str, TrackState]]:
-    """The pure part: one event per face, with smoothing per track. `states` is keyed by track key."""
+    """The pure part: one event per face, with smoothing per track. `states` is keyed by track key.
+
+    Events are built with `model_construct`: every value comes from this function (checked finite
+    and normalised here), so re-validating each field per face would only cost time on the hot path.
+    """
+    probs = np.clip(probabilities.astype(np.float64), 0.0, 1.0)
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1)[:, :2]
     events: list[EmotionEvent] = []
     updated: dict[str, TrackState] = {}
-    for face, probs in zip(faces, probabilities):
-        probs = np.clip(probs.astype(np.float64), 0.0, 1.0)
-        probs = probs / probs.sum()
+    for face, row, (first, second) in zip(faces, probs, order):
         key = f"{face.camera_id}:{face.track_id}"
-        state = smooth(updated.get(key) or states.get(key), probs, face.captured_ms, tau_ms)
+        state = smooth(updated.get(key) or states.get(key), row, face.captured_ms, tau_ms)
         updated[key] = state
-        order = np.argsort(probs)[::-1]
-        events.append(EmotionEvent(
-            event_id=face.event_id, camera_id=face.camera_id, session_id=face.session_id, frame_id=face.frame_id,
-            face_index=face.face_index, track_id=face.track_id, bbox=face.bbox,
-            label=EMOTIONS[order[0]], confidence=float(probs[order[0]]),
-            probabilities=[float(p) for p in probs], top2=(EMOTIONS[order[0]], EMOTIONS[order[1]]),
-            smoothed=[float(p) for p in state.probabilities], smoothed_label=EMOTIONS[int(np.argmax(state.probabilities))],
-            model_version=model_version,
-            times=StageTimes(captured_ms=face.captured_ms, detected_ms=face.detected_ms, classified_ms=now_ms)))
+        events.append(EmotionEvent.model_construct(
+            schema_version=1, event_id=face.event_id, camera_id=face.camera_id, session_id=face.session_id,
+            frame_id=face.frame_id, face_index=face.face_index, track_id=face.track_id, bbox=face.bbox,
+            label=EMOTIONS[first], confidence=float(row[first]), probabilities=row.tolist(),
+            top2=(EMOTIONS[first], EMOTIONS[second]), smoothed=state.probabilities.tolist(),
+            smoothed_label=EMOTIONS[int(np.argmax(state.probabilities))], model_version=model_version,
+            times=StageTimes.model_construct(captured_ms=face.captured_ms, detected_ms=face.detected_ms,
+                                             classified_ms=now_ms)))
     return events, updated
 
 

@@ -1,0 +1,220 @@
+"""What every benchmark shares: run provenance, an isolated key prefix, real face crops, small statistics."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import redis
+
+from shared.model_runtime import Preprocess, crop_face, read_metadata
+from shared.registry import ModelRegistry
+from shared.schemas import BBox, FaceMessage, encode
+from shared.settings import REPO_ROOT, Settings
+from shared.streams import Keys
+
+FER_DIR = REPO_ROOT.parent / "shared" / "data" / "fer2013"
+FER_PUBLICTEST = FER_DIR / "fer2013_publictest.npz"
+FER_TRAINING = FER_DIR / "fer2013_training.npz"
+
+
+# --- provenance -------------------------------------------------------------------------------------
+
+def git_commit() -> str | None:
+    """Short commit of the checkout, with '+dirty' when tracked files differ (read-only git calls)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+dirty" if dirty else "")) or None
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {model}"
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run_info(argv: Sequence[str] | None = None, program: str = "emotion") -> dict:
+    """Date, machine, commit and the exact command: what a results table needs to be reproducible."""
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average": load_average(),
+        "commit": git_commit(),
+        "python": platform.python_version(),
+        "command": program + " " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+    }
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> dict[str, float | None]:
+    if not len(values):
+        return {f"p{p}": None for p in points}
+    array = np.asarray(values, dtype=np.float64)
+    return {f"p{p}": round(float(np.percentile(array, p)), 1) for p in points}
+
+
+# --- an isolated corner of Redis ------------------------------------------------------------------
+
+def new_prefix(base: str = "bench") -> str:
+    return f"{base}-{uuid.uuid4().hex[:8]}"
+
+
+def delete_prefix(client: redis.Redis, prefix: str) -> int:
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.delete(*batch)
+            batch = []
+    if batch:
+        deleted += client.delete(*batch)
+    return deleted
+
+
+@contextmanager
+def isolated(settings: Settings, client: redis.Redis) -> Iterator[Settings]:
+    """Settings with a fresh key prefix (deleted afterwards), serving the same model as `settings`.
+
+    A benchmark never touches the deployment's streams, so it can run beside a live pipeline; the
+    current model version of the deployment is copied so the same model is measured.
+    """
+    prefix = new_prefix(f"{settings.prefix}-bench")
+    current = client.get(Keys(settings.prefix).model_current)
+    if current:
+        client.set(Keys(prefix).model_current, current)
+    try:
+        yield settings.model_copy(update={"prefix": prefix})
+    finally:
+        delete_prefix(client, prefix)
+
+
+def serving_model_dir(settings: Settings, client: redis.Redis | None) -> Path:
+    """The model directory the classifier would serve (registry current version, else the default)."""
+    return ModelRegistry(settings.registry_dir, client, Keys(settings.prefix), settings.default_model_dir).current_dir()
+
+
+def serving_preprocess(settings: Settings, client: redis.Redis | None) -> Preprocess:
+    return read_metadata(serving_model_dir(settings, client)).preprocess
+
+
+# --- real face crops --------------------------------------------------------------------------------
+
+def load_fer(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images, labels) of a FER-2013 archive, or None when the team data is not beside the repo."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = np.load(path, allow_pickle=False)
+    return data["images"], data["labels"]
+
+
+def demo_crops(count: int, preprocess: Preprocess, frames: int = 60) -> np.ndarray:
+    """Face crops cut from the demo scene (the astronaut portrait) by the Haar detector, cycled to `count`."""
+    import cv2
+
+    from services.capture.demo import AstronautDemo
+    from shared.faces import HaarFaceDetector
+
+    demo = AstronautDemo(fps=15.0)
+    detector = HaarFaceDetector()
+    crops: list[np.ndarray] = []
+    for _ in range(frames):
+        gray = cv2.cvtColor(demo.frame(), cv2.COLOR_BGR2GRAY)
+        crops.extend(crop_face(gray, box, preprocess) for box in detector.detect(gray))
+        for _ in range(3):  # skip ahead so consecutive crops differ
+            demo.frame_index += 1
+    if not crops:
+        raise RuntimeError("the Haar detector found no face in the demo scene")
+    return np.stack([crops[i % len(crops)] for i in range(count)])
+
+
+def face_crops(count: int, preprocess: Preprocess, fer_path: Path | None = None) -> tuple[np.ndarray, str]:
+    """`count` real uint8 crops at the model's input size: FER-2013 PublicTest faces, else demo crops."""
+    import cv2
+
+    fer_path = fer_path or FER_PUBLICTEST
+    fer = load_fer(fer_path)
+    if fer is not None:
+        images = fer[0]
+        picked = images[np.arange(count) % len(images)]
+        size = preprocess.input_size
+        if picked.shape[1:] != (size, size) or preprocess.equalize_hist:
+            resized = [cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR) for img in picked]
+            picked = np.stack([cv2.equalizeHist(c) if preprocess.equalize_hist else c for c in resized])
+        return np.ascontiguousarray(picked, dtype=np.uint8), f"FER-2013 PublicTest ({Path(fer_path).name})"
+    return demo_crops(count, preprocess), "demo scene crops (FER-2013 archive not found)"
+
+
+def face_entries(crops: np.ndarray, preprocess: Preprocess, *, camera_id: str = "bench0",
+                 session_id: str = "bench", faces_per_track: int = 30) -> list[dict[str, bytes]]:
+    """Encoded FaceMessages, one per crop, as the detector would publish them (tracks of 30 faces)."""
+    now = int(time.time() * 1000)
+    entries = []
+    for index, crop in enumerate(crops):
+        message = FaceMessage(camera_id=camera_id, session_id=session_id, frame_id=index, face_index=0,
+                              faces_in_frame=1, track_id=1 + index // faces_per_track,
+                              bbox=BBox(x=100, y=100, w=160, h=160), side=int(crop.shape[0]),
+                              preprocess=preprocess.id, captured_ms=now, detected_ms=now, crop=crop.tobytes())
+        entries.append(encode(message))
+    return entries
+
+
+def xadd_all(client: redis.Redis, stream: str, entries: list[dict[str, bytes]], chunk: int = 500) -> None:
+    for start in range(0, len(entries), chunk):
+        pipe = client.pipeline(transaction=False)
+        for fields in entries[start:start + chunk]:
+            pipe.xadd(stream, fields)
+        pipe.execute()
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(value.rjust(widths[i]) for i, value in enumerate(row)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def emit(result: dict, table: str, as_json: bool) -> None:
+    """People get the table; with --json the last stdout line is the one JSON object."""
+    print(table, file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(result), flush=True)
