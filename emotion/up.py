@@ -174,6 +174,26 @@ def count_recorded(database_url: str, session_id: str) -> int | None:
         return None
 
 
+def _session_marker(database_url: str, session_id: str, sources: list[str], opening: bool) -> None:
+    """Record when this run's session started and ended (the report of any past session needs it)."""
+    if not _available("shared.store"):
+        return
+    try:
+        from shared.store import close_session, make_engine, migrate, open_session
+
+        engine = make_engine(database_url)
+        if opening:
+            migrate(engine)
+            with engine.begin() as conn:
+                open_session(conn, session_id, camera_id=None, source=", ".join(sources))
+        else:
+            with engine.begin() as conn:
+                close_session(conn, session_id)
+        engine.dispose()
+    except Exception as exc:  # the pipeline runs without a session row; events still create it
+        log.error("cannot record session %s: %s", session_id, exc)
+
+
 def run_up(settings: Settings, options: UpOptions) -> dict:
     from emotion.commands.pipeline import new_session_id
 
@@ -194,8 +214,11 @@ def run_up(settings: Settings, options: UpOptions) -> dict:
     started_ms = int(time.time() * 1000)
     stopped_by_user = False
     drained = {}
+    record = options.recorder and _available("services.recorder.run")
+    if record:
+        _session_marker(settings.database_url, session_id, options.sources, opening=True)
     try:
-        if options.recorder and _available("services.recorder.run"):
+        if record:
             processes.start("recorder", "recorder")
         processes.start("detector", "detector")
         for _ in range(options.classifiers):
@@ -251,7 +274,8 @@ def run_up(settings: Settings, options: UpOptions) -> dict:
         "drained": drained,
         "stopped_by": "user" if stopped_by_user else ("duration" if options.duration_s else "sources_ended"),
     }
-    if "recorder" in processes.children:
+    if record:
+        _session_marker(settings.database_url, session_id, options.sources, opening=False)
         summary["recorded"] = count_recorded(settings.database_url, session_id)
     if options.open_report and stopped_by_user and "dashboard" in processes.children:
         url = f"http://127.0.0.1:{options.dashboard_port or settings.dashboard.port}/sessions?session={session_id}"

@@ -52,10 +52,11 @@ def wait_until_up(client: redis.Redis, url: str, timeout_s: float) -> None:
         try:
             client.ping()
             return
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            # Caught first: AuthenticationError is a ConnectionError, and waiting will not fix a password.
+            raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials ({exc})") from None
         except REDIS_DOWN_ERRORS as exc:
             if time.monotonic() >= deadline:
                 raise RedisUnavailable(f"Redis at {redact(url)} is not answering ({exc})") from None
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-        except redis.AuthenticationError as exc:
-            raise RedisUnavailable(f"Redis at {redact(url)} refused the credentials ({exc})") from None

@@ -186,3 +186,5 @@ def decode(model: type[M], fields: Fields) -> M:
         raise MessageError(f"invalid {model.__name__}: {where}: {first['msg']}") from None
     except ValueError as exc:  # JSON syntax errors
         raise MessageError(f"invalid {model.__name__}: {exc}") from None
+    except RecursionError:
+        raise MessageError(f"invalid {model.__name__}: JSON nested too deeply") from None

@@ -122,6 +122,8 @@ class StreamWorker(Generic[M]):
         self._last_heartbeat = 0.0
         self._own_pending_done = False
         self._reading_new = False
+        self._retry_entries: list[tuple[bytes, Fields]] | None = None
+        self._reading_new = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -154,6 +156,9 @@ class StreamWorker(Generic[M]):
                         break
                 except REDIS_DOWN_ERRORS as exc:
                     self.stats.redis_errors += 1
+                    # Whether the last commit landed is unknown: re-read our pending entries from Redis.
+                    self._retry_entries = None
+                    self._own_pending_done = False
                     log.warning("event=redis_down service=%s error=%r retry_in_s=%.1f", self.service, exc, backoff)
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, self.settings.backoff_max_s)
@@ -194,6 +199,12 @@ class StreamWorker(Generic[M]):
         if now - self._last_heartbeat >= 1.0:
             self._heartbeat()
             self._last_heartbeat = now
+        if self._retry_entries is not None:
+            entries, self._retry_entries = self._retry_entries, None
+            # Reset their idle time (JUSTID leaves the delivery count alone) so no reclaim takes them.
+            self.client.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
+                               message_ids=[i for i, _ in entries], justid=True)
+            return self._process(entries, check_deliveries=False)
         handled = 0
         if now - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = now
@@ -244,27 +255,33 @@ class StreamWorker(Generic[M]):
         return more
 
     def _reclaim(self) -> int:
-        """Take over entries that consumers which stopped answering left pending too long."""
-        claimed: list[tuple[bytes, Fields]] = []
-        start = "0-0"
-        while True:
-            reply = self.client.xautoclaim(self.stream, self.group, self.consumer,
-                                           min_idle_time=self.settings.claim_idle_ms, start_id=start,
-                                           count=self.settings.batch_size)
-            start, entries = reply[0], reply[1]
-            deleted = reply[2] if len(reply) > 2 else []
-            if deleted:  # pending entries whose data was trimmed (shed frames): nothing left to do
-                self.client.xack(self.stream, self.group, *deleted)
-                self._count("trimmed_pending", len(deleted))
-            claimed.extend(e for e in entries if e[1])
-            if start in (b"0-0", "0-0") or len(claimed) >= self.settings.batch_size * 4:
+        """Take over entries that consumers which stopped answering left pending too long.
+
+        XAUTOCLAIM ... JUSTID moves them to us without counting a delivery; each is then claimed for
+        real (one delivery counted) and processed on its own. An entry that crashes the process so
+        counts only its own deliveries, and never drags its neighbours to the dead-letter stream.
+        """
+        ids: list[bytes] = []
+        while len(ids) < self.settings.batch_size * 4:
+            # redis-py returns only the ids for JUSTID; entries claimed here become ours with a reset
+            # idle time, so asking again from the start returns the next ones.
+            found = self.client.xautoclaim(self.stream, self.group, self.consumer,
+                                           min_idle_time=self.settings.claim_idle_ms, start_id="0-0",
+                                           count=self.settings.batch_size, justid=True)
+            if not found:
                 break
-        if claimed:
-            self.stats.reclaimed += len(claimed)
-            log.info("event=reclaimed service=%s consumer=%s entries=%d", self.service, self.consumer, len(claimed))
-            for start_index in range(0, len(claimed), self.settings.batch_size):
-                self._process(claimed[start_index:start_index + self.settings.batch_size], check_deliveries=True)
-        return len(claimed)
+            ids.extend(found)
+        reclaimed = 0
+        for entry_id in ids:
+            entries = [e for e in self.client.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
+                                                     message_ids=[entry_id]) if e[1]]
+            if entries:
+                self._process(entries, check_deliveries=True)
+                reclaimed += 1
+        if reclaimed:
+            self.stats.reclaimed += reclaimed
+            log.info("event=reclaimed service=%s consumer=%s entries=%d", self.service, self.consumer, reclaimed)
+        return reclaimed
 
     def _trim_consumed(self) -> int:
         """Drop entries that every group has acknowledged and that are older than trim_keep_ms.
@@ -310,13 +327,17 @@ class StreamWorker(Generic[M]):
         done_ids: list[bytes] = []
         if good:
             try:
-                outputs = self.processor.handle([d.message for d in good])
-                done_ids = [d.entry_id for d in good]
-            except (TransientError, *REDIS_DOWN_ERRORS):
+                try:
+                    outputs = self.processor.handle([d.message for d in good])
+                    done_ids = [d.entry_id for d in good]
+                except (TransientError, *REDIS_DOWN_ERRORS):
+                    raise
+                except Exception:
+                    # Something in the batch is poison: retry one at a time so only the culprit is dead-lettered.
+                    outputs, done_ids = self._process_one_by_one(good, dead, entries)
+            except TransientError:
+                self._retry_entries = entries
                 raise
-            except Exception:
-                # Something in the batch is poison: retry one at a time so only the culprit is dead-lettered.
-                outputs, done_ids = self._process_one_by_one(good, dead, entries)
         self._commit(outputs, done_ids, dead)
         self.stats.entries += len(entries)
         self.stats.batches += 1

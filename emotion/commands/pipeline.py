@@ -37,8 +37,8 @@ def cmd_capture(args) -> int:
     from shared.streams import Keys
 
     settings = _settings()
-    if args.fps:
-        settings.capture.fps = args.fps
+    if args.fps is not None:
+        settings.capture = type(settings.capture).model_validate({**settings.capture.model_dump(), "fps": args.fps})
     if _check_config(args, settings):
         return 0
     configure_logging(settings)
@@ -66,8 +66,9 @@ def _service_command(run_module: str):
         from shared.bootstrap import configure_logging
 
         settings = _settings()
-        if getattr(args, "threads", None):
-            settings.classifier.threads = args.threads
+        if getattr(args, "threads", None) is not None:
+            settings.classifier = type(settings.classifier).model_validate(
+                {**settings.classifier.model_dump(), "threads": args.threads})
         if _check_config(args, settings):
             return 0
         configure_logging(settings)

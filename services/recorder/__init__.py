@@ -1,0 +1,1 @@
+"""The recorder service: emotion events -> SQL event store (see service.py)."""

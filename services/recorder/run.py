@@ -1,0 +1,93 @@
+"""Entry point of the recorder: settings -> store (migrated) -> Redis -> StreamWorker(RecorderProcessor).
+
+Also runs, in threads sharing the worker's stop flag, the retention loop and (only with the opt-in
+`recorder.keep_crops`) the crop recorder on the faces stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from sqlalchemy.engine import Engine
+
+from services.recorder.service import CROPS_GROUP, CropProcessor, RecorderProcessor, RetentionLoop
+from shared.bootstrap import redis_from
+from shared.settings import Settings
+from shared.store import StoreUnavailable, is_unavailable, make_engine, migrate, redact_url
+from shared.streams import RECORDER_GROUP, Keys
+from shared.worker import StreamWorker
+
+log = logging.getLogger(__name__)
+STORE_WAIT_S = 60.0
+
+
+def open_store(settings: Settings, wait_s: float = STORE_WAIT_S) -> Engine:
+    """A migrated engine; waits up to `wait_s` for a database that is still starting."""
+    engine = make_engine(settings.database_url)
+    deadline = time.monotonic() + wait_s
+    delay = settings.worker.backoff_initial_s
+    while True:
+        try:
+            revision = migrate(engine)
+            log.info("event=store_ready url=%s revision=%s", redact_url(settings.database_url), revision)
+            return engine
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not is_unavailable(exc) or time.monotonic() >= deadline:
+                engine.dispose()
+                raise StoreUnavailable(f"cannot open the event store at {redact_url(settings.database_url)}: "
+                                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+            log.warning("event=store_down url=%s error=%r retry_in_s=%.1f", redact_url(settings.database_url),
+                        exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, settings.worker.backoff_max_s)
+
+
+def build_worker(settings: Settings, client: redis.Redis, engine: Engine, consumer: str | None = None) -> StreamWorker:
+    keys = Keys(settings.prefix)
+    return StreamWorker(client, RecorderProcessor(engine), service="recorder", stream=keys.events,
+                        group=RECORDER_GROUP, keys=keys, settings=settings.worker, consumer=consumer)
+
+
+def build_crop_worker(settings: Settings, client: redis.Redis, engine: Engine, consumer: str | None = None
+                      ) -> StreamWorker:
+    keys = Keys(settings.prefix)
+    return StreamWorker(client, CropProcessor(engine), service="recorder-crops", stream=keys.faces,
+                        group=CROPS_GROUP, keys=keys, settings=settings.worker, consumer=consumer)
+
+
+def drop_crop_group(client: redis.Redis, keys: Keys) -> None:
+    """Without keep_crops, a crop group left by an earlier run must not hold the faces stream untrimmed."""
+    try:
+        if client.xgroup_destroy(keys.faces, CROPS_GROUP):
+            log.info("event=crop_group_removed stream=%s", keys.faces)
+    except redis.ResponseError:
+        pass  # no stream yet
+
+
+def run(settings: Settings) -> int:
+    engine = open_store(settings)
+    client = redis_from(settings)
+    worker = build_worker(settings, client, engine)
+    worker.install_signal_handlers()
+    recorder = settings.recorder
+    threads: list[threading.Thread] = [RetentionLoop(engine, recorder.retention_days, recorder.crop_max_age_days,
+                                                     worker.stop_event)]
+    if recorder.keep_crops:
+        crop_worker = build_crop_worker(settings, client, engine)
+        crop_worker.stop_event = worker.stop_event
+        threads.append(threading.Thread(target=crop_worker.run, name="crops", daemon=True))
+        log.warning("event=keep_crops face crops are stored in the event store for %d days", recorder.crop_max_age_days)
+    else:
+        drop_crop_group(client, Keys(settings.prefix))
+    for thread in threads:
+        thread.start()
+    try:
+        return worker.run()
+    finally:
+        worker.stop_event.set()
+        for thread in threads[1:]:
+            thread.join(timeout=10)
+        engine.dispose()
