@@ -9,10 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
+from shared.model_runtime import read_metadata
+
 from shared.analyze import (AnalyzeResult, CorruptImage, DecompressionBomb, ImageTooLarge, UnsupportedImage,
                             analyze_image, annotate, decode_image, image_size)
 from shared.emotions import EMOTIONS
-from tests.test_dashboard_support import face_png, tiny_model_dir  # noqa: F401
+from tests.test_dashboard_support import face_png, served_model_dir  # noqa: F401
 
 LIMITS = {"max_bytes": 8 * 1024 * 1024, "max_pixels": 40_000_000}
 
@@ -115,14 +117,14 @@ def test_large_jpeg_is_decoded_reduced_and_boxes_map_back():
     assert face.label == "happy" and list(face.probabilities) == list(EMOTIONS)
 
 
-def test_real_face_with_the_tiny_model(face_png, tiny_model_dir):  # noqa: F811
+def test_real_face_with_the_served_model(face_png, served_model_dir):  # noqa: F811
     """Plumbing check on a real photo: one face found, seven probabilities summing to 1 (random weights)."""
     from shared.faces import HaarFaceDetector
     from shared.model_runtime import EmotionModel
 
     data = face_png.read_bytes()
-    result = analyze_image(data, HaarFaceDetector(), EmotionModel(tiny_model_dir), **LIMITS)
-    assert isinstance(result, AnalyzeResult) and result.model_version == "tiny-random"
+    result = analyze_image(data, HaarFaceDetector(), EmotionModel(served_model_dir), **LIMITS)
+    assert isinstance(result, AnalyzeResult) and result.model_version == read_metadata(served_model_dir).version
     assert len(result.faces) == 1
     face = result.faces[0]
     assert abs(sum(face.probabilities.values()) - 1) < 1e-3

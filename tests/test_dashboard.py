@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from shared.model_runtime import read_metadata
+
 from services.dashboard.auth import AuthConfigError, check_auth_config
 from services.dashboard.context import DashboardContext, SourceUnavailable
 from services.dashboard.live import EventWindow, camera_views, find_frame, latest_frames, pipeline_snapshot
@@ -18,12 +20,12 @@ from services.dashboard.pages.history import auto_bucket, resolve_range
 from shared.schemas import encode
 from shared.streams import DETECTOR_GROUP
 from tests.test_analyze import png_bomb
-from tests.test_dashboard_support import emotion_event, face_png, frame_message, tiny_model_dir  # noqa: F401
+from tests.test_dashboard_support import emotion_event, face_png, frame_message, served_model_dir  # noqa: F401
 
 
 @pytest.fixture
-def dash_settings(settings, tiny_model_dir):  # noqa: F811
-    return settings.model_copy(update={"default_model_dir": tiny_model_dir})
+def dash_settings(settings, served_model_dir):  # noqa: F811
+    return settings.model_copy(update={"default_model_dir": served_model_dir})
 
 
 def _app(settings, **dashboard):
@@ -90,7 +92,7 @@ def test_api_analyze_face_and_bad_inputs(dash_settings, redis_client, face_png):
     ok = _post(client, face_png.read_bytes(), "astronaut.png")
     assert ok.status_code == 200, ok.get_json()
     body = ok.get_json()
-    assert body["model_version"] == "tiny-random" and len(body["faces"]) == 1
+    assert body["model_version"] == read_metadata(dash_settings.default_model_dir).version and len(body["faces"]) == 1
     assert set(body["faces"][0]) >= {"box", "label", "probabilities"}
     assert set(body["faces"][0]["box"]) == {"x", "y", "w", "h"}
     assert _post(client, b"just text").status_code == 415

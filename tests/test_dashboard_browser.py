@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
+
+from shared.model_runtime import read_metadata
 import redis
 import requests
 
 from shared.schemas import encode
 from shared.streams import Keys
-from tests.test_dashboard_support import emotion_event, face_png, frame_message, tiny_model_dir  # noqa: F401
+from tests.test_dashboard_support import emotion_event, face_png, frame_message, served_model_dir  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -42,12 +44,17 @@ def redis_url_module() -> str:
 
 
 @pytest.fixture(scope="module")
-def dashboard(tmp_path_factory, tiny_model_dir, redis_url_module):  # noqa: F811
+def dashboard_database_url(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('dashboard-db') / 'events.sqlite'}"
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory, served_model_dir, redis_url_module, dashboard_database_url):  # noqa: F811
     """Base URL of a dashboard subprocess (waitress) on a free port."""
     client = redis.Redis.from_url(redis_url_module)
     client.flushdb()
     work = tmp_path_factory.mktemp("dashboard")
-    database_url = f"sqlite:///{work / 'events.sqlite'}"
+    database_url = dashboard_database_url
     try:
         from shared.store import migrate
 
@@ -56,7 +63,7 @@ def dashboard(tmp_path_factory, tiny_model_dir, redis_url_module):  # noqa: F811
         pass  # the history store is optional for these tests: its pages then show an error banner
     port = _free_port()
     env = {**os.environ, "EMOTION_REDIS_URL": redis_url_module, "EMOTION_PREFIX": PREFIX,
-           "EMOTION_DATABASE_URL": database_url, "EMOTION_DEFAULT_MODEL_DIR": str(tiny_model_dir),
+           "EMOTION_DATABASE_URL": database_url, "EMOTION_DEFAULT_MODEL_DIR": str(served_model_dir),
            "EMOTION_REGISTRY_DIR": str(work / "registry"), "EMOTION_LOG_LEVEL": "INFO"}
     log_path = work / "dashboard.log"
     with open(log_path, "wb") as log_file:
@@ -244,12 +251,12 @@ def test_analyze_page_annotates_a_real_face(dashboard, browser, face_png):  # no
     assert not _severe(browser)
 
 
-def test_api_analyze_over_http(dashboard, face_png):  # noqa: F811
+def test_api_analyze_over_http(dashboard, face_png, served_model_dir):  # noqa: F811
     """The real server answers POST /api/analyze with faces, and 4xx for each kind of bad upload."""
     ok = requests.post(dashboard + "/api/analyze", files={"image": face_png.read_bytes()}, timeout=30)
     assert ok.status_code == 200
     body = ok.json()
-    assert body["model_version"] == "tiny-random" and len(body["faces"]) == 1
+    assert body["model_version"] == read_metadata(served_model_dir).version and len(body["faces"]) == 1
     assert list(body["faces"][0]["probabilities"]) == ["angry", "disgust", "fear", "happy", "sad", "surprise",
                                                        "neutral"]
     assert requests.post(dashboard + "/api/analyze", files={"image": b"hello"}, timeout=10).status_code == 415
@@ -289,6 +296,31 @@ def test_sessions_page_empty_state(dashboard, browser):
           or d.find_elements(By.CSS_SELECTOR, "#session-banner .banner"), what="the empty state")
     time.sleep(1)
     _shot(browser, "sessions-empty")
+    assert not _severe(browser)
+
+
+def test_sessions_and_history_pages_draw_a_recorded_session(dashboard, browser, dashboard_database_url):
+    """The original end-of-session report (counts, shares, mean probabilities), from real stored rows."""
+    from selenium.webdriver.common.by import By
+
+    from shared.store import make_engine, record_events
+
+    start_ms = int(time.time() * 1000) - 120_000
+    labels = ["happy"] * 30 + ["sad"] * 12 + ["surprise"] * 8
+    events = [emotion_event("cam-report", i, label=label, session_id="s-report", captured_ms=start_ms + 1000 * i)
+              for i, label in enumerate(labels)]
+    engine = make_engine(dashboard_database_url)
+    assert record_events(engine, events) == len(events)
+    engine.dispose()
+    _open(browser, dashboard + "/sessions?session=s-report", "Session report")
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .pie, .js-plotly-plot .barlayer"))
+          >= 1, timeout=40, what="the session charts")
+    page = browser.find_element(By.CLASS_NAME, "page").text
+    assert "No faces were recorded" not in page
+    _shot(browser, "sessions-report")
+    _open(browser, dashboard + "/history", "History")
+    time.sleep(3)
+    _shot(browser, "history")
     assert not _severe(browser)
 
 

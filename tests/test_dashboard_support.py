@@ -1,14 +1,7 @@
-"""Helpers for the dashboard and analyze tests: a tiny random-weight model, sample messages, a face photo.
-
-The model is built with TensorFlow in a subprocess (so the test process never imports it) and cached
-in pytest's cache directory. Its weights are random: tests use it to check plumbing, never accuracy.
-"""
+"""Helpers for the dashboard and analyze tests: the served model, sample messages, a face photo."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,45 +10,13 @@ import numpy as np
 import pytest
 
 from shared.emotions import EMOTIONS
-from shared.model_runtime import METADATA_FILE, MODEL_FILE, file_sha256
 from shared.schemas import BBox, EmotionEvent, FrameMessage, StageTimes
-
-TINY_MODEL_SCRIPT = r"""
-import sys
-import numpy as np
-import tensorflow as tf
-tf.keras.utils.set_random_seed(7)
-inputs = tf.keras.Input((48, 48, 1))
-x = tf.keras.layers.Rescaling(1 / 255.0)(inputs)
-x = tf.keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
-x = tf.keras.layers.GlobalAveragePooling2D()(x)
-outputs = tf.keras.layers.Dense(7, activation="softmax")(x)
-model = tf.keras.Model(inputs, outputs)
-converter = tf.lite.TFLiteConverter.from_keras_model(model)
-open(sys.argv[1], "wb").write(converter.convert())
-"""
-
-
-def build_tiny_model(directory: Path, version: str = "tiny-random") -> Path:
-    """Export a random-weight 48x48 grey model with valid metadata into `directory` (reused if present)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model_path = directory / MODEL_FILE
-    if not model_path.exists():
-        subprocess.run([sys.executable, "-c", TINY_MODEL_SCRIPT, str(model_path)], check=True, timeout=600,
-                       capture_output=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-                                                 "PATH": "/usr/bin:/bin"})
-    metadata = {"version": version, "architecture": "tiny-random-test", "classes": list(EMOTIONS),
-                "preprocess": {"input_size": 48, "grayscale": True, "equalize_hist": False, "margin": 0.0,
-                               "input_range": "0-255"},
-                "metrics": {"PublicTest": {"top1": 0.0}}, "sha256": file_sha256(model_path),
-                "note": "random weights for tests; not a trained model"}
-    (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-    return directory
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(request) -> Path:
-    return build_tiny_model(Path(request.config.cache.mkdir("tiny-emotion-model")))
+def served_model_dir(model_dir) -> Path:
+    """The model a fresh install serves (models/default): the dashboard tests use the real thing."""
+    return model_dir
 
 
 @pytest.fixture(scope="session")

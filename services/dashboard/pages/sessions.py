@@ -15,31 +15,17 @@ from services.dashboard.charts import (COLORS, base_layout, empty_figure, probab
 from services.dashboard.context import DashboardContext, SourceUnavailable
 from services.dashboard.pages.history import as_frame
 from shared.emotions import EMOTIONS
+from shared.store.queries import SessionReport
 
 NAME = "sessions"
 PATH = "/sessions"
 TITLE = "Sessions"
 
 
-def _field(report, *names):
-    for name in names:
-        if isinstance(report, dict) and name in report:
-            return report[name]
-        if not isinstance(report, dict) and hasattr(report, name):
-            return getattr(report, name)
-    return None
-
-
-def report_frames(report) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(counts, shares, mean probabilities) from whatever shape the store's session_report returns."""
-    counts = as_frame(_field(report, "counts", "emotion_counts", "counts_per_label"))
-    shares = as_frame(_field(report, "shares", "emotion_shares"))
-    means = as_frame(_field(report, "mean_probabilities", "probabilities", "means", "timeline"))
-    if shares.empty and not counts.empty and {"label", "count"} <= set(counts.columns):
-        totals = counts.groupby("label", as_index=False)["count"].sum()
-        totals["share"] = totals["count"] / max(1, int(totals["count"].sum()))
-        shares = totals
-    return counts, shares, means
+def report_frames(report: SessionReport) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(counts over time, shares, mean probabilities over time): the three charts of the original report."""
+    counts = report.counts_over_time if not report.counts_over_time.empty else report.counts
+    return counts, report.shares, report.mean_probabilities
 
 
 def counts_figure(counts: pd.DataFrame) -> go.Figure:
