@@ -23,8 +23,10 @@ from pathlib import Path
 
 import redis
 
+from emotion.up import session_events
+
 from bench.common import format_table, isolated, percentiles
-from shared.schemas import EmotionEvent, MessageError, decode
+from shared.schemas import EmotionEvent
 from shared.settings import Settings
 from shared.streams import Keys
 
@@ -39,23 +41,6 @@ def _camera_start_ms(client: redis.Redis, keys: Keys) -> int | None:
         except (ValueError, KeyError, TypeError):
             continue
     return min(starts) if starts else None
-
-
-def _session_events(client: redis.Redis, keys: Keys, session_id: str) -> list[EmotionEvent]:
-    events: list[EmotionEvent] = []
-    start = "-"
-    while True:
-        entries = client.xrange(keys.events, min=start, count=1000)
-        for _, fields in entries:
-            try:
-                event = decode(EmotionEvent, fields)
-            except MessageError:
-                continue
-            if event.session_id == session_id:
-                events.append(event)
-        if len(entries) < 1000:
-            return events
-        start = "(" + entries[-1][0].decode()
 
 
 def _stage_summary(events: list[EmotionEvent]) -> dict:
@@ -109,7 +94,7 @@ def run_up(settings: Settings, client: redis.Redis, *, cameras: int, fps: float,
         except (IndexError, json.JSONDecodeError):
             tail = stderr_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"`emotion up` exited {proc.returncode} without a JSON summary:\n{tail}") from None
-        events = _session_events(client, keys, summary["session_id"])
+        events = session_events(client, keys, summary["session_id"])
         camera_start = _camera_start_ms(client, keys) or (min((e.times.captured_ms for e in events), default=0))
         steady_from = camera_start + int(warmup_s * 1000)
         steady = [e for e in events if e.times.captured_ms >= steady_from]

@@ -141,20 +141,21 @@ def _delta(after: dict, before: dict, service: str, name: str) -> int:
     return after.get(service, {}).get(name, 0) - before.get(service, {}).get(name, 0)
 
 
-def session_latencies(client: redis.Redis, keys: Keys, session_id: str, since_ms: int) -> list[int]:
-    latencies: list[int] = []
+def session_events(client: redis.Redis, keys: Keys, session_id: str, since_ms: int = 0) -> list[EmotionEvent]:
+    """Every event of one session still in the events stream (read in pages, from `since_ms`)."""
+    events: list[EmotionEvent] = []
     start = f"{since_ms}-0"
     while True:
         entries = client.xrange(keys.events, min=start, count=1000)
-        for entry_id, fields in entries:
+        for _, fields in entries:
             try:
                 event = decode(EmotionEvent, fields)
             except MessageError:
                 continue
             if event.session_id == session_id:
-                latencies.append(event.latency_ms)
+                events.append(event)
         if len(entries) < 1000:
-            return latencies
+            return events
         start = "(" + entries[-1][0].decode()
 
 
@@ -256,7 +257,7 @@ def run_up(settings: Settings, options: UpOptions) -> dict:
         if not (options.open_report and stopped_by_user):
             processes.stop("dashboard")
     after = _counters(client, keys)
-    latencies = session_latencies(client, keys, session_id, started_ms)
+    latencies = [e.latency_ms for e in session_events(client, keys, session_id, started_ms)]
     faces = _delta(after, before, "detector", "entries_out")
     events = _delta(after, before, "classifier", "entries_out")
     summary = {

@@ -16,7 +16,8 @@ from shared.model_runtime import read_metadata
 from services.dashboard.auth import AuthConfigError, check_auth_config
 from services.dashboard.context import DashboardContext, SourceUnavailable
 from services.dashboard.live import EventWindow, camera_views, find_frame, latest_frames, pipeline_snapshot
-from services.dashboard.pages.history import auto_bucket, resolve_range
+from services.dashboard.pages.history import resolve_range
+from shared.store.queries import auto_bucket
 from shared.schemas import encode
 from shared.streams import DETECTOR_GROUP
 from tests.test_analyze import png_bomb

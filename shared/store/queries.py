@@ -222,7 +222,8 @@ def list_cameras(engine: Engine) -> pd.DataFrame:
     return _utc_columns(frame, "first_seen", "last_seen")
 
 
-def session_bucket(span: timedelta) -> str:
+def auto_bucket(span: timedelta) -> str:
+    """The bucket that gives a readable chart for a time span (used for history ranges and sessions)."""
     if span <= timedelta(minutes=10):
         return "second"
     if span <= timedelta(hours=12):
@@ -245,7 +246,7 @@ def session_report(engine: Engine, session_id: str) -> SessionReport:
             return report
         first, last = (pd.Timestamp(v, tz="UTC") if pd.Timestamp(v).tzinfo is None else pd.Timestamp(v)
                        for v in (first, last))
-        report.bucket = session_bucket(last - first)
+        report.bucket = auto_bucket(last - first)
         bucket = _bucket_expr(conn.dialect.name, events.c.time, report.bucket).label("bucket")
         sums = [sa.func.count().label("count"), *(sa.func.sum(events.c[p]).label(s)
                                                   for p, s in zip(PROB_COLUMNS, SUM_COLUMNS))]

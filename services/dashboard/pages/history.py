@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 from dash import Input, Output, State, dcc, html, no_update
 
+from shared.store.queries import auto_bucket
 from services.dashboard import ui
 from services.dashboard.charts import empty_figure, probabilities_figure, shares_figure, stacked_counts_figure
 from services.dashboard.context import DashboardContext, SourceUnavailable
@@ -43,16 +44,6 @@ def camera_options(ctx: DashboardContext) -> list[dict]:
         column = "camera_id" if "camera_id" in cameras else cameras.columns[0] if len(cameras.columns) else None
         cameras = [] if column is None else cameras[column].tolist()
     return options + [{"label": str(c), "value": str(c)} for c in cameras]
-
-
-def auto_bucket(span: timedelta) -> str:
-    if span <= timedelta(minutes=10):
-        return "second"
-    if span <= timedelta(hours=12):
-        return "minute"
-    if span <= timedelta(days=14):
-        return "hour"
-    return "day"
 
 
 def resolve_range(preset: str, start_text: str | None, end_text: str | None,
