@@ -31,6 +31,9 @@ class TrainConfig(BaseModel):
     augment: bool = True
     seed: int = 1337
     max_images: int | None = Field(None, ge=7, description="subsample Training (stratified) for quick runs")
+    init_from: Path | None = Field(
+        None, description="start from the weights of this .keras file or model directory (fine-tuning); "
+                          "the architecture must match `model`, the schedule starts anew")
     run_dir: Path | None = Field(None, description="checkpoints and logs; an existing run resumes")
     promote: Literal["never", "if-better", "always"] = Field(
         "if-better", description="make the new model current: never, only if it beats the current on PublicTest, or always")
@@ -40,6 +43,18 @@ class TrainConfig(BaseModel):
     def _known_model(cls, value: str) -> str:
         if value not in MODEL_NAMES:
             raise ValueError(f"unknown model {value!r}; choose one of {', '.join(MODEL_NAMES)}")
+        return value
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_exists(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        if value.is_dir():
+            value = value / "model.keras"
+        if not value.is_file():
+            raise ValueError(f"initial model {value} does not exist")
         return value
 
     @field_validator("data")

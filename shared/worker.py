@@ -385,6 +385,11 @@ class StreamWorker(Generic[M]):
             pipe.hincrby(stats_key, "entries_out", len(outputs))
         if dead:
             pipe.hincrby(stats_key, "dead", len(dead))
+        # Processor state that must move with the acknowledgement (the classifier's per-track
+        # smoothing) rides in the same transaction: one round trip less, and never half-applied.
+        stage_writes = getattr(self.processor, "stage_writes", None)
+        if callable(stage_writes):
+            stage_writes(pipe)
         take_counters = getattr(self.processor, "take_counters", None)
         for name, amount in (take_counters() if callable(take_counters) else {}).items():
             if amount:

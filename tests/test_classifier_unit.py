@@ -43,3 +43,23 @@ def test_smoothing_is_shared_within_a_batch_for_the_same_track():
     events, states = build_events(faces, probs, "v1", {}, tau_ms=600, now_ms=5000)
     assert events[1].smoothed_label == "happy" and events[1].label == "sad"
     assert list(states) == ["cam0:1"]
+
+
+def test_track_state_is_only_stored_when_the_worker_commits(model_dir):
+    """States are written by stage_writes (inside the worker's commit), never by handle itself, so a
+    batch whose commit failed and is retried does not smooth on top of its own first attempt."""
+    from services.classifier.service import ClassifierProcessor, MemoryTrackStore
+    from shared.model_runtime import EmotionModel
+    from shared.schemas import EmotionEvent, decode
+    from shared.streams import Keys
+
+    store = MemoryTrackStore()
+    processor = ClassifierProcessor(EmotionModel(model_dir), Keys("t"), store, tau_ms=600)
+    outbound = processor.handle([make_face(track_id=3, captured_ms=1000)])
+    assert store.states == {}
+    processor.stage_writes(pipe=None)
+    event = decode(EmotionEvent, {k.encode(): v for k, v in outbound[0].fields.items()})
+    assert list(store.states) == ["cam0:3"]
+    assert store.states["cam0:3"].probabilities.tolist() == pytest.approx(event.smoothed)
+    processor.stage_writes(pipe=None)  # nothing new: nothing written twice
+    assert list(store.states) == ["cam0:3"]

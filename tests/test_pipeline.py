@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -165,3 +166,22 @@ def test_consumed_entries_are_trimmed_but_unread_and_pending_ones_are_kept(redis
     worker._trim_consumed()
     assert redis_client.xlen(keys.faces) <= 1  # the last delivered entry marks the group's position
     assert redis_client.xlen(keys.events) == total - 2
+
+
+def test_track_state_is_committed_with_the_events_it_smoothed(redis_client, pipeline_settings, tmp_path):
+    """The per-track smoothing state rides in the commit transaction: after the run, each track's
+    stored state is exactly the smoothed distribution of its newest event."""
+    keys = Keys(pipeline_settings.prefix)
+    settings = pipeline_settings.model_copy(update={"classifier": pipeline_settings.classifier.model_copy(
+        update={"batch_size": 4, "batch_wait_ms": 0})})
+    _fill_faces(redis_client, settings, tmp_path, frames=12)
+    build_classifier(settings, redis_client).run(burst=True)
+    newest: dict[tuple[str, int], EmotionEvent] = {}
+    for event in read_events(redis_client, keys):
+        newest[(event.camera_id, event.track_id)] = event
+    assert newest
+    for (camera, track), event in newest.items():
+        stored = json.loads(redis_client.get(keys.track(camera, track)))
+        assert stored["t"] == event.times.captured_ms
+        assert stored["p"] == pytest.approx(event.smoothed, abs=1e-5)
+        assert 0 < redis_client.ttl(keys.track(camera, track)) <= 60

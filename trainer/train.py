@@ -137,6 +137,18 @@ class ProgressCallback:
         return _Callback()
 
 
+def load_initial_weights(path: Path, model) -> list[np.ndarray]:
+    """Weights of a saved model, checked against the architecture being trained (fine-tuning)."""
+    import keras
+
+    source = keras.models.load_model(path, compile=False)
+    theirs, ours = source.get_weights(), model.get_weights()
+    if [w.shape for w in theirs] != [w.shape for w in ours]:
+        raise ValueError(f"{path} is a {source.name} model with other weight shapes than {model.name}; "
+                         "--init-from needs the same architecture as --model")
+    return theirs
+
+
 def train(cfg: TrainConfig, progress: ProgressFn | None = None, verbose: int = 1) -> TrainResult:
     import keras
 
@@ -159,6 +171,8 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, verbose: int = 1
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=max(steps - steps // 20, 1), warmup_target=cfg.learning_rate, warmup_steps=steps // 20)
     model = make_model(cfg.model)
+    if cfg.init_from is not None:
+        model.set_weights(load_initial_weights(cfg.init_from, model))
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),

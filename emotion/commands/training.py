@@ -48,7 +48,8 @@ def _train_config(args):
     fields = {"data": _data_path(args.data), "extra": [Path(p).expanduser() for p in args.extra or []],
               "ferplus": Path(args.ferplus).expanduser() if args.ferplus else None,
               "fer_weight": args.fer_weight, "require_face": args.require_face, "model": args.model,
-              "epochs": args.epochs, "batch_size": args.batch_size,
+              "epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+              "init_from": Path(args.init_from).expanduser() if args.init_from else None,
               "run_dir": Path(args.run_dir).expanduser() if args.run_dir else None,
               "promote": args.promote, "max_images": args.max_images}
     return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
@@ -182,6 +183,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, choices=MODEL_NAMES, help="architecture (default compact)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate of the cosine schedule")
+    p.add_argument("--init-from", default=None,
+                   help="start from this model's weights (a .keras file or a model directory): fine-tuning")
     p.add_argument("--run-dir", default=None, help="checkpoints and logs (an existing run resumes)")
     p.add_argument("--promote", default=None, choices=("never", "if-better", "always"),
                    help="make the new model current (default if-better: only if it beats the current on PublicTest)")

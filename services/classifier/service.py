@@ -92,7 +92,9 @@ def crops_for_model(faces: list[FaceMessage], model: EmotionModel) -> tuple[np.n
 class TrackStore(Protocol):
     def load(self, keys: list[str]) -> dict[str, TrackState | None]: ...
 
-    def save(self, states: dict[str, TrackState]) -> None: ...
+    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline | None = None) -> None:
+        """Store now, or queue the writes on `pipe` (the worker's commit transaction)."""
+        ...
 
 
 class MemoryTrackStore:
@@ -102,7 +104,7 @@ class MemoryTrackStore:
     def load(self, keys: list[str]) -> dict[str, TrackState | None]:
         return {k: self.states.get(k) for k in keys}
 
-    def save(self, states: dict[str, TrackState]) -> None:
+    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline | None = None) -> None:
         self.states.update(states)
 
 
@@ -128,12 +130,14 @@ class RedisTrackStore:
                 result[key] = None
         return result
 
-    def save(self, states: dict[str, TrackState]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline | None = None) -> None:
+        own = pipe is None
+        pipe = self.client.pipeline(transaction=False) if own else pipe
         for key, state in states.items():
             pipe.set(self._key(key), json.dumps({"p": state.probabilities.round(5).tolist(), "t": state.at_ms}),
                      ex=TRACK_STATE_TTL_S)
-        pipe.execute()
+        if own:
+            pipe.execute()
 
 
 class ClassifierProcessor:
@@ -151,6 +155,7 @@ class ClassifierProcessor:
         self.model_error: str | None = None
         self.swaps = 0
         self._counters: dict[str, int] = {}
+        self._unsaved_states: dict[str, TrackState] = {}
 
     def _maybe_swap(self) -> None:
         if self.model_loader is None or time.monotonic() - self._checked < self.check_every_s:
@@ -179,8 +184,14 @@ class ClassifierProcessor:
         keys = [f"{f.camera_id}:{f.track_id}" for f in batch]
         events, states = build_events(batch, probabilities, self.model.version, self.tracks.load(keys),
                                       self.tau_ms, int(time.time() * 1000))
-        self.tracks.save(states)
+        # Saved with the worker's commit (stage_writes), so a batch that is retried does not smooth twice.
+        self._unsaved_states.update(states)
         return [Outbound(self.keys.events, encode(event)) for event in events]
+
+    def stage_writes(self, pipe: redis.client.Pipeline) -> None:
+        if self._unsaved_states:
+            self.tracks.save(self._unsaved_states, pipe)
+            self._unsaved_states = {}
 
     def take_counters(self) -> dict[str, int]:
         counters, self._counters = self._counters, {}
