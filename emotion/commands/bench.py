@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line")
 
     p = kinds.add_parser("classifier", help="faces/s of one classifier replica (service loop vs bare runtime)")
-    p.add_argument("--batch-sizes", type=_list(), default=[1, 8, 32, 64], help="comma list (default 1,8,32,64)")
+    p.add_argument("--batch-sizes", type=_list(), default=[1, 8, 16, 32, 64], help="comma list (default 1,8,16,32,64)")
     p.add_argument("--threads", type=_list(), default=[1, 2], help="comma list of inference threads (default 1,2)")
     p.add_argument("--faces", type=_positive, default=2000, help="faces pre-filled per run (default 2000)")
     p.add_argument("--repeats", type=_positive, default=3, help="runs per configuration; the median is reported")
