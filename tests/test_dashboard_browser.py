@@ -331,7 +331,7 @@ def test_copy_screenshots_for_docs():
     target = REPO_ROOT / "docs" / "screenshots"
     target.mkdir(parents=True, exist_ok=True)
     for name in ("live-with-events", "health-live", "analyze-astronaut", "training-queued", "page-history",
-                 "sessions-empty"):
+                 "sessions-empty", "sessions-report", "history"):
         source = ARTIFACTS / f"{name}.png"
         if source.exists():
             shutil.copy(source, target / f"dashboard-{name}.png")

@@ -13,9 +13,16 @@ PROB_COLUMNS = [f"p_{e}" for e in EMOTIONS]
 
 
 def base_layout(**extra) -> dict:
-    layout = dict(margin=dict(l=48, r=16, t=36, b=40), paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="#ffffff",
+    """Title top left, legend in a column on the right: a horizontal legend above the plot collided
+    with the title as soon as it wrapped (seven emotions on a half-width chart)."""
+    title = extra.pop("title", None)  # "" still reserves the space: the live page fills the title in later
+    layout = dict(margin=dict(l=48, r=16, t=44 if title is not None else 16, b=40), paper_bgcolor="rgba(0,0,0,0)",
+                  plot_bgcolor="#ffffff",
                   font=dict(family="Inter, system-ui, -apple-system, Segoe UI, sans-serif", size=12, color="#1f2933"),
-                  legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), hovermode="closest")
+                  title=dict(text=title or "", x=0, xref="paper", xanchor="left", y=1, yref="container", yanchor="top",
+                             pad=dict(t=10), font=dict(size=14)),
+                  legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top", tracegroupgap=2),
+                  hovermode="closest")
     layout.update(extra)
     return layout
 
@@ -73,8 +80,10 @@ def probabilities_figure(means: pd.DataFrame, title: str = "Mean probability") -
         if column in means:
             fig.add_scatter(x=means["bucket"], y=means[column], name=emotion, mode="lines+markers",
                             line=dict(color=COLORS[emotion], width=2), marker=dict(size=4))
-    fig.update_layout(**base_layout(height=340, title=title, yaxis=dict(range=[0, 1], tickformat=".0%",
-                                                                         gridcolor="#eef1f4")))
+    # One bucket alone would get a date axis zoomed to milliseconds around it.
+    xaxis = dict(type="category") if means["bucket"].nunique() == 1 else {}
+    fig.update_layout(**base_layout(height=340, title=title, xaxis=xaxis,
+                                    yaxis=dict(range=[0, 1], tickformat=".0%", gridcolor="#eef1f4")))
     return fig
 
 
