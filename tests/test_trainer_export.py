@@ -9,7 +9,7 @@ import pytest
 
 from shared.emotions import EMOTIONS
 from shared.model_runtime import EmotionModel, file_sha256, read_metadata
-from tests.trainer_fixtures import exported_model, faces, write_fer_folder
+from tests.trainer_fixtures import exported_model, faces, write_fer_folder, write_npz
 from trainer.data import Split, load_npz
 
 pytestmark = pytest.mark.slow  # imports TensorFlow
@@ -111,10 +111,12 @@ def test_export_run_exports_evaluates_and_reports(tmp_path):
     keras.models.load_model(exported_model() / "model.keras").save(run_dir / "best.keras")
     (run_dir / "config.json").write_text(TrainConfig(data=data, model="compact16").model_dump_json())
     (run_dir / "result.json").write_text(json.dumps({"seconds": 12.5, "data_fingerprint": "abc"}))
+    write_npz(data / "fer2013_privatetest.npz", 21, seed=3, ids_start=105)  # reported, never selected on
     out = export_run(run_dir, tmp_path / "out" / "v1", "v1")
     meta = read_metadata(out)
     assert meta.version == "v1" and meta.architecture == "compact16"
-    assert set(meta.metrics) == {"PublicTest", "Training"}
+    assert set(meta.metrics) == {"PublicTest", "PrivateTest", "Training"}
+    assert meta.metrics["PrivateTest"]["n"] == 21
     assert meta.metrics["PublicTest"]["n"] == 35 and "top1_tta" in meta.metrics["PublicTest"]
     extra = meta.model_dump()
     assert extra["training_seconds"] == 12.5 and extra["data_fingerprint"] == "abc"

@@ -154,7 +154,7 @@ def export_run(run_dir: Path, out_dir: Path, version: str, data_dir: Path | str 
     """Export a finished `trainer.train` run (its best.keras) and evaluate it; returns the model dir.
 
     Reads the run's config.json / result.json for provenance, checks the LiteRT round trip, evaluates
-    on PublicTest (and Training when `evaluate_training`), stores those metrics in metadata.json and
+    on PublicTest and PrivateTest when the dataset has them (and Training when `evaluate_training`), stores those metrics in metadata.json and
     writes report.md with confusion matrices beside the model.
     """
     from trainer.evaluate import evaluate, metrics_summary, write_report
@@ -178,7 +178,8 @@ def export_run(run_dir: Path, out_dir: Path, version: str, data_dir: Path | str 
     log.info("LiteRT round trip: max difference %.2e", difference)
 
     splits = evaluation_splits(data, int(config.get("seed", 1337)))
-    wanted = ["PublicTest"] + (["Training"] if evaluate_training else [])
+    # PrivateTest is reported, never selected on: the checkpoint was already chosen on PublicTest.
+    wanted = ["PublicTest", "PrivateTest"] + (["Training"] if evaluate_training else [])
     results = {name: evaluate(out_dir, splits[name], tta=tta) for name in wanted if name in splits}
     if not results:
         raise ExportError(f"{data}: neither PublicTest nor Training found to evaluate on")
