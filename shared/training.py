@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Literal
 
@@ -63,3 +64,34 @@ class TrainConfig(BaseModel):
         if not value.expanduser().exists():
             raise ValueError(f"dataset path {value} does not exist")
         return value.expanduser()
+
+
+# TrainConfig field -> `emotion train` flag; the fields without a flag keep their defaults on the CLI.
+_CLI_FLAGS = {"data": "--data", "extra": "--extra", "ferplus": "--ferplus", "fer_weight": "--fer-weight",
+              "require_face": "--require-face", "model": "--model", "epochs": "--epochs",
+              "batch_size": "--batch-size", "learning_rate": "--learning-rate", "init_from": "--init-from",
+              "run_dir": "--run-dir", "promote": "--promote", "max_images": "--max-images"}
+
+
+def train_command(config: dict) -> tuple[str, dict]:
+    """The `emotion train` command a stored config corresponds to, and the settings it cannot express
+    (fields without a flag whose value differs from the default)."""
+    parts = ["emotion", "train"]
+    defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
+    not_expressible = {}
+    for name, value in config.items():
+        flag = _CLI_FLAGS.get(name)
+        if flag is None:
+            if name in defaults and value != defaults[name]:
+                not_expressible[name] = value
+            continue
+        if value in (None, False, []) or (name not in ("data", "model") and value == defaults.get(name)):
+            continue
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                parts += [flag, str(item)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts), not_expressible

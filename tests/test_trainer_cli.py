@@ -147,3 +147,25 @@ def test_train_foreground_registers_and_promotes(cli_env, registry, tmp_path, ca
     assert summary["version"] == "cli-v1" and summary["promoted"] and summary["train_images"] == 70
     assert registry.current_version() == "cli-v1"
     assert np.isclose(registry.versions()[0].metrics["PublicTest"]["top1"], summary["metrics"]["top1"])
+
+
+def test_report_command_reproduces_the_training_config(tmp_path):
+    """The command written into a model's report.md parses back to the same TrainConfig."""
+    import shlex
+
+    from emotion.cli import build_parser
+    from emotion.commands.training import _train_config
+    from shared.training import TrainConfig, train_command
+
+    data = write_fer_folder(tmp_path / "fer data")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    original = TrainConfig(data=data, extra=[extra], model="compact16", epochs=3, batch_size=64,
+                           learning_rate=1e-3, fer_weight=0.7, require_face=True, max_images=140,
+                           init_from=exported_model(), run_dir=tmp_path / "run", promote="never", patience=7)
+    command, other = train_command(original.model_dump(mode="json"))
+    assert other == {"patience": 7}  # no flag for it: the report lists it beside the command
+    argv = shlex.split(command)
+    assert argv[:2] == ["emotion", "train"]
+    parsed = _train_config(build_parser().parse_args(argv[1:]))
+    assert parsed.model_dump(exclude={"patience"}) == original.model_dump(exclude={"patience"})

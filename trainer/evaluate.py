@@ -186,6 +186,24 @@ def markdown_confusion(confusion: list[list[int]]) -> str:
     return "\n".join(lines)
 
 
+def training_section(meta: dict) -> list[str]:
+    """How the model was trained: the command, the full config and the time, from its metadata."""
+    from shared.training import train_command
+
+    config = meta.get("train_config")
+    if not config:
+        return []
+    command, other = train_command(config)
+    lines = ["## Training", "", "```", command, "```", ""]
+    if other:
+        lines += ["Settings without a command-line flag, not at their defaults: "
+                  + ", ".join(f"`{k}={v}`" for k, v in other.items()) + ".", ""]
+    seconds = meta.get("training_seconds")
+    lines += [f"Training time: {seconds:.0f} s." if seconds else "Training time: not recorded for this run.", "",
+              "Full configuration:", "", "```json", json.dumps(config, indent=2), "```", ""]
+    return lines
+
+
 def write_report(model_dir: Path, results_by_split: dict[str, dict]) -> Path:
     """report.md (and confusion_<split>.png) in `model_dir` from `evaluate` results keyed by split name."""
     model_dir = Path(model_dir)
@@ -213,6 +231,7 @@ def write_report(model_dir: Path, results_by_split: dict[str, dict]) -> Path:
                   markdown_confusion(r["confusion"]), "", f"![confusion matrix {name}]({png.name})", ""]
         if r.get("tta"):
             lines += ["With flip TTA:", "", markdown_per_class(r["tta"]), ""]
+    lines += training_section(meta)
     path = model_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
