@@ -30,7 +30,6 @@ from shared.settings import Settings
 from shared.streams import Keys
 
 
-
 class BenchError(RuntimeError):
     """A benchmark whose result would be meaningless (faces lost, dead letters)."""
 

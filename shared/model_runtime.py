@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.emotions import EMOTIONS
 
 MODEL_FILE = "model.tflite"
+KERAS_FILE = "model.keras"  # the trainable model exported beside it (fine-tuning starts from it)
 METADATA_FILE = "metadata.json"
 
 

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.model_runtime import KERAS_FILE
+
 MODEL_NAMES = ("compact", "compact16", "compact48", "baseline")
 
 
@@ -53,7 +55,7 @@ class TrainConfig(BaseModel):
             return None
         value = value.expanduser()
         if value.is_dir():
-            value = value / "model.keras"
+            value = value / KERAS_FILE
         if not value.is_file():
             raise ValueError(f"initial model {value} does not exist")
         return value
@@ -66,11 +68,10 @@ class TrainConfig(BaseModel):
         return value.expanduser()
 
 
-# TrainConfig field -> `emotion train` flag; the fields without a flag keep their defaults on the CLI.
-_CLI_FLAGS = {"data": "--data", "extra": "--extra", "ferplus": "--ferplus", "fer_weight": "--fer-weight",
-              "require_face": "--require-face", "model": "--model", "epochs": "--epochs",
-              "batch_size": "--batch-size", "learning_rate": "--learning-rate", "init_from": "--init-from",
-              "run_dir": "--run-dir", "promote": "--promote", "max_images": "--max-images"}
+# TrainConfig fields that `emotion train` has a flag for (--fer-weight for fer_weight); the others
+# keep their defaults on the command line.
+CLI_FIELDS = ("data", "extra", "ferplus", "fer_weight", "require_face", "model", "epochs", "batch_size",
+              "learning_rate", "init_from", "run_dir", "promote", "max_images")
 
 
 def train_command(config: dict) -> tuple[str, dict]:
@@ -80,11 +81,11 @@ def train_command(config: dict) -> tuple[str, dict]:
     defaults = {name: field.default for name, field in TrainConfig.model_fields.items()}
     not_expressible = {}
     for name, value in config.items():
-        flag = _CLI_FLAGS.get(name)
-        if flag is None:
+        if name not in CLI_FIELDS:
             if name in defaults and value != defaults[name]:
                 not_expressible[name] = value
             continue
+        flag = "--" + name.replace("_", "-")
         if value in (None, False, []) or (name not in ("data", "model") and value == defaults.get(name)):
             continue
         if value is True:

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from shared.emotions import EMOTIONS
-from shared.model_runtime import METADATA_FILE, MODEL_FILE, EmotionModel, ModelMetadata, Preprocess, file_sha256
+from shared.model_runtime import KERAS_FILE, METADATA_FILE, MODEL_FILE, EmotionModel, ModelMetadata, Preprocess, file_sha256
 from shared.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-KERAS_FILE = "model.keras"
 ROUNDTRIP_TOLERANCE = 1e-4
 
 
@@ -154,8 +153,8 @@ def export_run(run_dir: Path, out_dir: Path, version: str, data_dir: Path | str 
     """Export a finished `trainer.train` run (its best.keras) and evaluate it; returns the model dir.
 
     Reads the run's config.json / result.json for provenance, checks the LiteRT round trip, evaluates
-    on PublicTest and PrivateTest when the dataset has them (and Training when `evaluate_training`), stores those metrics in metadata.json and
-    writes report.md with confusion matrices beside the model.
+    on PublicTest and PrivateTest when the dataset has them (and Training when `evaluate_training`),
+    stores those metrics in metadata.json and writes report.md with confusion matrices beside the model.
     """
     from trainer.evaluate import evaluate, metrics_summary, write_report
 

@@ -92,8 +92,8 @@ def crops_for_model(faces: list[FaceMessage], model: EmotionModel) -> tuple[np.n
 class TrackStore(Protocol):
     def load(self, keys: list[str]) -> dict[str, TrackState | None]: ...
 
-    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline | None = None) -> None:
-        """Store now, or queue the writes on `pipe` (the worker's commit transaction)."""
+    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline) -> None:
+        """Queue the writes on `pipe`, the worker's commit transaction."""
         ...
 
 
@@ -104,7 +104,7 @@ class MemoryTrackStore:
     def load(self, keys: list[str]) -> dict[str, TrackState | None]:
         return {k: self.states.get(k) for k in keys}
 
-    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline | None = None) -> None:
+    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline) -> None:
         self.states.update(states)
 
 
@@ -130,14 +130,10 @@ class RedisTrackStore:
                 result[key] = None
         return result
 
-    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline | None = None) -> None:
-        own = pipe is None
-        pipe = self.client.pipeline(transaction=False) if own else pipe
+    def save(self, states: dict[str, TrackState], pipe: redis.client.Pipeline) -> None:
         for key, state in states.items():
             pipe.set(self._key(key), json.dumps({"p": state.probabilities.round(5).tolist(), "t": state.at_ms}),
                      ex=TRACK_STATE_TTL_S)
-        if own:
-            pipe.execute()
 
 
 class ClassifierProcessor:
