@@ -31,6 +31,8 @@ class WorkerSettings(_Section):
     claim_interval_s: float = Field(5.0, gt=0, description="how often to look for abandoned entries")
     max_deliveries: int = Field(5, ge=1, le=1000, description="deliveries before an entry goes to <stream>:dead")
     heartbeat_ttl_s: int = Field(10, ge=2, description="a consumer whose heartbeat key expired is presumed dead")
+    overlap_batches: bool = Field(True, description="run the next batch's inference while the previous one "
+                                                    "commits (processors that split prepare/finish)")
     backoff_initial_s: float = Field(0.5, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
 

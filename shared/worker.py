@@ -12,6 +12,12 @@ Guarantees:
 - on start the consumer first re-processes its own pending entries; every `claim_interval_s` it
   XAUTOCLAIMs entries other consumers left idle for `claim_idle_ms` (a replica killed with -9);
 - SIGTERM/SIGINT: finish the batch in hand, ack, exit 0 (a second signal exits at once).
+
+Overlap: a processor that splits `handle` into `prepare` (the heavy part, e.g. inference, which
+releases the GIL) and `finish` gets its batches pipelined on new entries: batch N+1 is read and its
+`prepare` started on a helper thread, then batch N is finished and committed while it runs. The
+guarantees above are unchanged: each batch still commits in order and atomically, and a batch in
+flight when Redis fails is simply dropped (it is still pending to us and is read again).
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Protocol, Sequence, TypeVar, runtime_checkable
 
 import redis
 
@@ -71,6 +78,23 @@ class Processor(Protocol[M]):
         ...
 
 
+@runtime_checkable
+class OverlappingProcessor(Protocol[M]):
+    """A processor whose `handle(batch)` is `finish(batch, prepare(batch))`.
+
+    `prepare` must touch no shared state (it runs on a helper thread while the previous batch's
+    `finish` runs on the loop's); `finish` runs on the loop's thread, in batch order.
+    """
+
+    input_model: type[M]
+
+    def handle(self, batch: list[M]) -> list[Outbound]: ...
+
+    def prepare(self, batch: list[M]) -> Any: ...
+
+    def finish(self, batch: list[M], prepared: Any) -> list[Outbound]: ...
+
+
 @dataclass
 class WorkerStats:
     entries: int = 0
@@ -85,6 +109,17 @@ class WorkerStats:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+@dataclass
+class _InFlight(Generic[M]):
+    """A batch read and validated, whose `prepare` runs while the previous batch commits."""
+
+    entries: list[tuple[bytes, Fields]]
+    good: list[Delivery[M]]
+    dead: list[tuple[bytes, Fields, str]]
+    prepared: Future | None
+    busy_s: float
 
 
 def _id_str(entry_id: bytes | str) -> str:
@@ -123,7 +158,10 @@ class StreamWorker(Generic[M]):
         self._own_pending_done = False
         self._reading_new = False
         self._retry_entries: list[tuple[bytes, Fields]] | None = None
-        self._reading_new = False
+        self._in_flight: _InFlight[M] | None = None
+        self._overlap: ThreadPoolExecutor | None = None
+        if settings.overlap_batches and isinstance(processor, OverlappingProcessor):
+            self._overlap = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{service}-prepare")
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -150,14 +188,16 @@ class StreamWorker(Generic[M]):
                     self._ensure_group()
                     handled = self.step()
                     backoff = self.settings.backoff_initial_s
-                    if max_entries is not None and self.stats.entries >= max_entries:
+                    if max_entries is not None and self.stats.entries + self._in_flight_count() >= max_entries:
                         break
                     if burst and handled == 0 and self._reading_new:
                         break
                 except REDIS_DOWN_ERRORS as exc:
                     self.stats.redis_errors += 1
-                    # Whether the last commit landed is unknown: re-read our pending entries from Redis.
+                    # Whether the last commit landed is unknown: re-read our pending entries from Redis
+                    # (the batch in flight, if any, is among them).
                     self._retry_entries = None
+                    self._in_flight = None
                     self._own_pending_done = False
                     log.warning("event=redis_down service=%s error=%r retry_in_s=%.1f", self.service, exc, backoff)
                     self.stop_event.wait(backoff)
@@ -166,6 +206,7 @@ class StreamWorker(Generic[M]):
                     self.stats.transient_errors += 1
                     log.warning("event=transient_error service=%s error=%s retry_in_s=%.1f", self.service, exc, backoff)
                     # Our unacked entries stay pending; read them again from the start after the pause.
+                    self._in_flight = None
                     self._own_pending_done = False
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, self.settings.backoff_max_s)
@@ -176,6 +217,12 @@ class StreamWorker(Generic[M]):
         return 0
 
     def _teardown(self) -> None:
+        try:
+            self._flush()  # warm stop: the batch in hand is finished and acknowledged
+        except (TransientError, *REDIS_DOWN_ERRORS) as exc:
+            # Not acknowledged, so still pending: this consumer (restarted) or a reclaim takes it.
+            self._in_flight = None
+            log.warning("event=stop_with_pending service=%s error=%r", self.service, exc)
         try:
             self.client.delete(self.keys.heartbeat(self.service, self.consumer))
         except REDIS_DOWN_ERRORS:
@@ -201,6 +248,7 @@ class StreamWorker(Generic[M]):
             self._last_heartbeat = now
         if self._retry_entries is not None:
             entries, self._retry_entries = self._retry_entries, None
+            self._flush()
             # Reset their idle time (JUSTID leaves the delivery count alone) so no reclaim takes them.
             self.client.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
                                message_ids=[i for i, _ in entries], justid=True)
@@ -208,21 +256,26 @@ class StreamWorker(Generic[M]):
         handled = 0
         if now - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = now
+            handled += self._flush()  # reclaimed entries are processed on their own, after it
             handled += self._reclaim()
             if self.trim_keep_ms is not None:
                 self._trim_consumed()
         entries = self._read()
-        if entries:
-            handled += self._process(entries, check_deliveries=not self._reading_new)
-        return handled
+        if not entries:
+            return handled + self._flush()
+        if self._reading_new and self._overlap is not None:
+            return handled + self._process_overlapped(entries)
+        handled += self._flush()
+        return handled + self._process(entries, check_deliveries=not self._reading_new)
 
     def _read(self) -> list[tuple[bytes, Fields]]:
         self._reading_new = self._own_pending_done
         start_id = ">" if self._own_pending_done else "0"
         try:
+            # A prepared batch in flight waits for this read to return: never block on it then.
+            block = self.settings.block_ms if self._own_pending_done and self._in_flight is None else None
             reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: start_id},
-                                           count=self.settings.batch_size,
-                                           block=self.settings.block_ms if self._own_pending_done else None)
+                                           count=self.settings.batch_size, block=block)
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):  # group or stream gone (Redis restarted, key deleted)
                 self._group_ready = False
@@ -242,10 +295,13 @@ class StreamWorker(Generic[M]):
 
         Polls with non-blocking reads: Redis only times out a short BLOCK on its server tick
         (100 ms at the default hz 10), which would turn a 10 ms wait into 100 ms.
+        Filling also ends once the batch in flight is prepared: its commit waits for this one.
         """
         deadline = time.monotonic() + self.settings.batch_wait_ms / 1000
         more: list[tuple[bytes, Fields]] = []
         while have + len(more) < self.settings.batch_size and time.monotonic() < deadline:
+            if self._in_flight is not None and (self._in_flight.prepared is None or self._in_flight.prepared.done()):
+                break
             reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                            count=self.settings.batch_size - have - len(more))
             if reply and reply[0][1]:
@@ -308,8 +364,8 @@ class StreamWorker(Generic[M]):
                 counts[entry_id] = int(rows[0]["times_delivered"])
         return counts
 
-    def _process(self, entries: list[tuple[bytes, Fields]], check_deliveries: bool) -> int:
-        started = time.perf_counter()
+    def _validate(self, entries: list[tuple[bytes, Fields]], check_deliveries: bool
+                  ) -> tuple[list[Delivery[M]], list[tuple[bytes, Fields, str]]]:
         dead: list[tuple[bytes, Fields, str]] = []
         good: list[Delivery[M]] = []
         counts = self._delivery_counts([i for i, _ in entries]) if check_deliveries else {}
@@ -323,12 +379,49 @@ class StreamWorker(Generic[M]):
                 good.append(Delivery(entry_id, decode(self.processor.input_model, fields)))
             except Exception as exc:  # MessageError, or whatever a hostile entry provokes (deep JSON: RecursionError)
                 dead.append((entry_id, fields, str(exc) if isinstance(exc, MessageError) else f"invalid entry: {exc!r}"[:500]))
+        return good, dead
+
+    def _process(self, entries: list[tuple[bytes, Fields]], check_deliveries: bool) -> int:
+        started = time.perf_counter()
+        good, dead = self._validate(entries, check_deliveries)
+        self._handle_and_commit(entries, good, dead, prepared=None)
+        self.stats.busy_s += time.perf_counter() - started
+        return len(entries)
+
+    def _process_overlapped(self, entries: list[tuple[bytes, Fields]]) -> int:
+        """Start this batch's `prepare` on the helper thread, then finish the previous batch meanwhile."""
+        started = time.perf_counter()
+        good, dead = self._validate(entries, check_deliveries=False)
+        prepared = self._overlap.submit(self.processor.prepare, [d.message for d in good]) if good else None
+        flushed = self._flush()
+        self._in_flight = _InFlight(entries, good, dead, prepared, time.perf_counter() - started)
+        return flushed + len(entries)
+
+    def _in_flight_count(self) -> int:
+        return len(self._in_flight.entries) if self._in_flight is not None else 0
+
+    def _flush(self) -> int:
+        """Finish and commit the batch in flight, if any; returns its number of entries."""
+        batch, self._in_flight = self._in_flight, None
+        if batch is None:
+            return 0
+        started = time.perf_counter()
+        self._handle_and_commit(batch.entries, batch.good, batch.dead, batch.prepared)
+        self.stats.busy_s += batch.busy_s + time.perf_counter() - started
+        return len(batch.entries)
+
+    def _handle_and_commit(self, entries: list[tuple[bytes, Fields]], good: list[Delivery[M]],
+                           dead: list[tuple[bytes, Fields, str]], prepared: Future | None) -> None:
         outputs: list[Outbound] = []
         done_ids: list[bytes] = []
         if good:
             try:
                 try:
-                    outputs = self.processor.handle([d.message for d in good])
+                    messages = [d.message for d in good]
+                    if prepared is None:
+                        outputs = self.processor.handle(messages)
+                    else:
+                        outputs = self.processor.finish(messages, prepared.result())
                     done_ids = [d.entry_id for d in good]
                 except (TransientError, *REDIS_DOWN_ERRORS):
                     raise
@@ -341,8 +434,6 @@ class StreamWorker(Generic[M]):
         self._commit(outputs, done_ids, dead)
         self.stats.entries += len(entries)
         self.stats.batches += 1
-        self.stats.busy_s += time.perf_counter() - started
-        return len(entries)
 
     def _process_one_by_one(self, good: list[Delivery[M]], dead: list, entries) -> tuple[list[Outbound], list[bytes]]:
         raw = dict(entries)

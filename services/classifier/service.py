@@ -89,6 +89,15 @@ def crops_for_model(faces: list[FaceMessage], model: EmotionModel) -> tuple[np.n
     return np.stack(crops), mismatched
 
 
+@dataclass
+class Inference:
+    """What `prepare` hands to `finish`: one batch's probabilities and the model that made them."""
+
+    model_version: str
+    probabilities: np.ndarray
+    resized: int  # crops that were not at the model's input size
+
+
 class TrackStore(Protocol):
     def load(self, keys: list[str]) -> dict[str, TrackState | None]: ...
 
@@ -170,16 +179,26 @@ class ClassifierProcessor:
             self.swaps += 1
 
     def handle(self, batch: list[FaceMessage]) -> list[Outbound]:
-        self._maybe_swap()  # between batches: every face of a batch sees the same model
-        crops, mismatched = crops_for_model(batch, self.model)
-        if mismatched:
-            self._counters["resized_crops"] = self._counters.get("resized_crops", 0) + mismatched
-        probabilities = self.model.predict(crops)
+        return self.finish(batch, self.prepare(batch))
+
+    def prepare(self, batch: list[FaceMessage]) -> Inference:
+        """Crops -> probabilities. Touches no shared state: the worker may run it on its helper thread
+        (LiteRT releases the GIL while it computes) while the previous batch is being finished."""
+        model = self.model  # one model for the whole batch, even if a swap lands meanwhile
+        crops, mismatched = crops_for_model(batch, model)
+        probabilities = model.predict(crops)
         if not np.all(np.isfinite(probabilities)):
             raise ValueError("model produced non-finite probabilities")
+        return Inference(model.version, probabilities, mismatched)
+
+    def finish(self, batch: list[FaceMessage], inference: Inference) -> list[Outbound]:
+        """Probabilities -> smoothed events, in batch order on the worker's thread."""
+        if inference.resized:
+            self._counters["resized_crops"] = self._counters.get("resized_crops", 0) + inference.resized
         keys = [f"{f.camera_id}:{f.track_id}" for f in batch]
-        events, states = build_events(batch, probabilities, self.model.version, self.tracks.load(keys),
-                                      self.tau_ms, int(time.time() * 1000))
+        events, states = build_events(batch, inference.probabilities, inference.model_version,
+                                      self.tracks.load(keys), self.tau_ms, int(time.time() * 1000))
+        self._maybe_swap()  # between batches: a new model serves from the next prepare on
         # Saved with the worker's commit (stage_writes), so a batch that is retried does not smooth twice.
         self._unsaved_states.update(states)
         return [Outbound(self.keys.events, encode(event)) for event in events]
