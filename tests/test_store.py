@@ -82,6 +82,29 @@ def test_redelivered_events_are_stored_once_and_counted_once(store):
         assert conn.execute(sa.text("SELECT SUM(event_count) FROM cameras")).scalar() == 300
 
 
+def test_every_column_of_an_event_is_stored_as_given(store):
+    """PostgreSQL takes a batch as one array per column (unnest), SQLite as rows: both must store each
+    event's every field, row by row, with nothing shifted between columns or rows."""
+    from shared.store.writer import event_row
+
+    batch = _spread_events(250, cameras=("cam0", "cam1", "cam2"))
+    recorded = T0 + timedelta(hours=1)
+    assert record_events(store, batch, recorded=recorded) == 250
+    with store.connect() as conn:
+        stored = {row["event_id"]: row for row in conn.execute(sa.text("SELECT * FROM events")).mappings()}
+    assert len(stored) == 250
+    for event in batch:
+        expected, row = event_row(event, recorded), stored[event.event_id]
+        for column, value in expected.items():
+            if isinstance(value, datetime):
+                got = row[column] if isinstance(row[column], datetime) else datetime.fromisoformat(row[column])
+                assert got.replace(tzinfo=got.tzinfo or timezone.utc) == value, column
+            elif isinstance(value, float):
+                assert row[column] == pytest.approx(value, rel=1e-12), column
+            else:
+                assert row[column] == value, column
+
+
 def test_rollups_equal_aggregates_recomputed_from_raw_events(store):
     """The incremental rollups (written in many batches, with redeliveries) equal a GROUP BY of the raw rows."""
     batch = _spread_events(700)

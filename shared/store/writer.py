@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable, Iterator
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
 from shared.emotions import EMOTIONS
@@ -98,14 +99,32 @@ def record_events(bind: Engine | Connection, batch: Iterable[EmotionEvent], reco
     if not rows:
         return 0
     with _transaction(bind) as conn:
-        stmt = _insert(conn, events).on_conflict_do_nothing(index_elements=["event_id"]).returning(events.c.event_id)
-        inserted_ids = conn.execute(stmt, list(rows.values())).scalars().all()
+        if conn.dialect.name == "postgresql":
+            inserted_ids = _insert_events_postgres(conn, list(rows.values()))
+        else:
+            stmt = _insert(conn, events).on_conflict_do_nothing(index_elements=["event_id"]).returning(events.c.event_id)
+            inserted_ids = conn.execute(stmt, list(rows.values())).scalars().all()
         inserted = [rows[event_id] for event_id in inserted_ids]
         if inserted:
             _add_rollups(conn, inserted)
             _add_sessions(conn, inserted)
             _add_cameras(conn, inserted)
     return len(inserted)
+
+
+def _insert_events_postgres(conn: Connection, rows: list[dict]) -> list[str]:
+    """INSERT ... SELECT FROM unnest(one array per column): a batch is 33 parameters, not 33 per row.
+
+    The multi-row VALUES form sends and plans one statement with ~6,600 typed parameters per batch of
+    200, which took 38 of a batch's 48 ms; column arrays take a few.
+    """
+    columns = [c for c in events.columns if c.name != "id"]
+    # A bind typed ARRAY(...) is sent with its cast (::varchar(200)[] ...), which unnest needs.
+    arrays = [sa.bindparam(c.name, [row[c.name] for row in rows], type_=postgresql.ARRAY(c.type)) for c in columns]
+    source = sa.func.unnest(*arrays).table_valued(*(c.name for c in columns)).render_derived()
+    stmt = (postgresql.insert(events).from_select([c.name for c in columns], sa.select(*source.c))
+            .on_conflict_do_nothing(index_elements=["event_id"]).returning(events.c.event_id))
+    return conn.execute(stmt).scalars().all()
 
 
 def _add_rollups(conn: Connection, rows: list[dict]) -> None:
