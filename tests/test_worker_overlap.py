@@ -125,24 +125,34 @@ def test_poison_in_an_overlapped_batch_is_dead_lettered_alone(redis_client, keys
     assert redis_client.xpending(keys.faces, GROUP)["pending"] == 0
 
 
-def test_redis_failure_with_a_batch_in_flight_loses_and_duplicates_nothing(redis_client, keys):
-    """The commit of batch N fails as if Redis went away while N+1 is in flight: both are re-read."""
+class FailsInFinish(Doubler):
+    """finish of the batch starting at `at_frame` raises `error` its first `times` calls."""
+
+    def __init__(self, out: str, error: Exception, times: int, at_frame: int) -> None:
+        super().__init__(out)
+        self.error, self.left, self.at_frame = error, times, at_frame
+
+    def finish(self, batch, prepared):
+        if batch[0].frame_id == self.at_frame and self.left:
+            self.left -= 1
+            raise self.error
+        return super().finish(batch, prepared)
+
+
+@pytest.mark.parametrize("error,times,stat", [
+    (redis.ConnectionError("Redis went away (simulated in finish)"), 1, "redis_errors"),
+    (TransientError("database down (simulated)"), 2, "transient_errors"),
+])
+def test_failure_while_a_batch_is_in_flight_loses_and_duplicates_nothing(redis_client, keys, error, times, stat):
+    """Batch N fails to finish while N+1 is prepared: N is retried (transient) or re-read (Redis), N+1
+    is dropped from memory and re-read as pending; every entry is output exactly once."""
     out = keys.prefix + ":out"
-
-    class FailsOnce(Doubler):
-        failed = False
-
-        def finish(self, batch, prepared):
-            if batch[0].frame_id == 8 and not self.failed:
-                self.failed = True
-                raise redis.ConnectionError("Redis went away (simulated in finish)")
-            return super().finish(batch, prepared)
-
     _fill(redis_client, keys.faces, 20)
-    worker = _worker(redis_client, FailsOnce(out), keys)
+    worker = _worker(redis_client, FailsInFinish(out, error, times, at_frame=8), keys)
     worker.run(burst=True)
-    assert worker.stats.redis_errors == 1
+    assert getattr(worker.stats, stat) == times
     _assert_all_done(redis_client, keys, out, 20)
+    assert redis_client.xlen(keys.dead(keys.faces)) == 0
 
 
 def test_redis_failure_on_the_read_after_a_batch_went_in_flight_loses_and_duplicates_nothing(redis_client, keys):
@@ -164,26 +174,6 @@ def test_redis_failure_on_the_read_after_a_batch_went_in_flight_loses_and_duplic
     worker.run(burst=True)
     assert worker.stats.redis_errors == 1
     _assert_all_done(redis_client, keys, out, 20)
-
-
-def test_transient_error_with_a_batch_in_flight_loses_and_duplicates_nothing(redis_client, keys):
-    out = keys.prefix + ":out"
-
-    class DatabaseBlip(Doubler):
-        failures = 0
-
-        def finish(self, batch, prepared):
-            if batch[0].frame_id == 4 and self.failures < 2:
-                self.failures += 1
-                raise TransientError("database down (simulated)")
-            return super().finish(batch, prepared)
-
-    _fill(redis_client, keys.faces, 16)
-    worker = _worker(redis_client, DatabaseBlip(out), keys)
-    worker.run(burst=True)
-    assert worker.stats.transient_errors == 2
-    _assert_all_done(redis_client, keys, out, 16)
-    assert redis_client.xlen(keys.dead(keys.faces)) == 0
 
 
 def test_warm_stop_finishes_the_batch_in_flight(redis_client, keys):
