@@ -248,11 +248,11 @@ class StreamWorker(Generic[M]):
             self._last_heartbeat = now
         if self._retry_entries is not None:
             entries, self._retry_entries = self._retry_entries, None
-            self._flush()
+            flushed = self._flush()
             # Reset their idle time (JUSTID leaves the delivery count alone) so no reclaim takes them.
             self.client.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
                                message_ids=[i for i, _ in entries], justid=True)
-            return self._process(entries, check_deliveries=False)
+            return flushed + self._process(entries, check_deliveries=False)
         handled = 0
         if now - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = now
@@ -260,12 +260,13 @@ class StreamWorker(Generic[M]):
             handled += self._reclaim()
             if self.trim_keep_ms is not None:
                 self._trim_consumed()
+        if not self._own_pending_done:
+            handled += self._flush()  # our pending entries are read again next: none of them may stay in flight
         entries = self._read()
         if not entries:
             return handled + self._flush()
         if self._reading_new and self._overlap is not None:
             return handled + self._process_overlapped(entries)
-        handled += self._flush()
         return handled + self._process(entries, check_deliveries=not self._reading_new)
 
     def _read(self) -> list[tuple[bytes, Fields]]:
