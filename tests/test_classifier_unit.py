@@ -63,3 +63,23 @@ def test_track_state_is_only_stored_when_the_worker_commits(model_dir):
     assert store.states["cam0:3"].probabilities.tolist() == pytest.approx(event.smoothed)
     processor.stage_writes(pipe=None)  # nothing new: nothing written twice
     assert list(store.states) == ["cam0:3"]
+
+
+def test_flip_tta_serves_the_mean_of_a_face_and_its_mirror_image(model_dir, settings, redis_client):
+    """EMOTION_CLASSIFIER__FLIP_TTA reaches the replica, and its events carry the mirrored average."""
+    from services.classifier.run import build_worker
+    from shared.model_runtime import EmotionModel
+
+    rng = np.random.default_rng(3)
+    crop = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+    face = make_face(track_id=1, crop=crop.tobytes())
+    model = EmotionModel(model_dir)
+    plain, mirrored = model.predict(crop[None]), model.predict(crop[None, :, ::-1].copy())
+    assert not np.allclose(plain, mirrored, atol=1e-3)  # the test means something only if they differ
+
+    tta_settings = settings.model_copy(update={
+        "default_model_dir": model_dir, "classifier": settings.classifier.model_copy(update={"flip_tta": True})})
+    processor = build_worker(tta_settings, redis_client).processor
+    assert processor.flip_tta
+    inference = processor.prepare([face])
+    np.testing.assert_allclose(inference.probabilities, (plain + mirrored) / 2, atol=1e-6)

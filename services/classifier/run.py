@@ -42,7 +42,8 @@ def build_worker(settings: Settings, client, consumer: str | None = None) -> Str
     model = EmotionModel(model_dir, settings.classifier.threads)
     processor = ClassifierProcessor(model, keys, RedisTrackStore(client, keys), tau_ms=settings.classifier.smoothing_tau_ms,
                                     model_loader=model_follower(registry, settings.classifier.threads, str(model_dir)),
-                                    check_every_s=settings.classifier.model_check_s)
+                                    check_every_s=settings.classifier.model_check_s,
+                                    flip_tta=settings.classifier.flip_tta)
     return StreamWorker(client, processor, service="classifier", stream=keys.faces, group=CLASSIFIER_GROUP,
                         keys=keys, consumer=consumer, trim_keep_ms=FACES_KEEP_MS,
                         settings=settings.worker.model_copy(update={"batch_size": settings.classifier.batch_size,

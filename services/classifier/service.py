@@ -149,8 +149,10 @@ class ClassifierProcessor:
     input_model = FaceMessage
 
     def __init__(self, model: EmotionModel, keys: Keys, tracks: TrackStore, *, tau_ms: float,
-                 model_loader: Callable[[], EmotionModel | None] | None = None, check_every_s: float = 1.0) -> None:
+                 model_loader: Callable[[], EmotionModel | None] | None = None, check_every_s: float = 1.0,
+                 flip_tta: bool = False) -> None:
         self.model = model
+        self.flip_tta = flip_tta
         self.keys = keys
         self.tracks = tracks
         self.tau_ms = tau_ms
@@ -186,7 +188,7 @@ class ClassifierProcessor:
         (LiteRT releases the GIL while it computes) while the previous batch is being finished."""
         model = self.model  # one model for the whole batch, even if a swap lands meanwhile
         crops, mismatched = crops_for_model(batch, model)
-        probabilities = model.predict(crops)
+        probabilities = model.predict_tta(crops) if self.flip_tta else model.predict(crops)
         if not np.all(np.isfinite(probabilities)):
             raise ValueError("model produced non-finite probabilities")
         return Inference(model.version, probabilities, mismatched)
