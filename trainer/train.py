@@ -171,8 +171,12 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, verbose: int = 1
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=max(steps - steps // 20, 1), warmup_target=cfg.learning_rate, warmup_steps=steps // 20)
     model = make_model(cfg.model)
-    if cfg.init_from is not None:
+    backup_dir = run_dir / "backup"
+    resuming = backup_dir.is_dir() and any(backup_dir.iterdir())
+    if cfg.init_from is not None and not resuming:  # a resumed run's weights come from its backup
         model.set_weights(load_initial_weights(cfg.init_from, model))
+    if resuming:
+        log.info("resuming from the backup in %s", backup_dir)
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
@@ -182,7 +186,7 @@ def train(cfg: TrainConfig, progress: ProgressFn | None = None, verbose: int = 1
     best_path = run_dir / "best.keras"
     history_path = run_dir / "history.csv"
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
         keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience),
         keras.callbacks.CSVLogger(str(history_path), append=True),
