@@ -106,6 +106,28 @@ def test_api_analyze_face_and_bad_inputs(dash_settings, redis_client, face_png):
     assert bomb.status_code == 422 and "pixels" in bomb.get_json()["error"]
 
 
+@pytest.mark.parametrize("flip_tta", [False, True])
+def test_analyze_classifies_as_the_live_classifier_is_set_to(dash_settings, redis_client, flip_tta):
+    """With EMOTION_CLASSIFIER__FLIP_TTA the Analyze page and API average each face with its mirror, as
+    the classifier replicas do; without it, they do not."""
+    import numpy as np
+
+    from shared.model_runtime import EmotionModel
+
+    settings = dash_settings.model_copy(update={
+        "classifier": dash_settings.classifier.model_copy(update={"flip_tta": flip_tta})})
+    crops = np.random.default_rng(5).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    bare = EmotionModel(settings.default_model_dir)
+    expected = bare.predict_tta(crops) if flip_tta else bare.predict(crops)
+    other = bare.predict(crops) if flip_tta else bare.predict_tta(crops)
+    assert not np.allclose(expected, other, atol=1e-3)
+    ctx = DashboardContext(settings)
+    try:
+        np.testing.assert_allclose(ctx.model().predict(crops), expected, atol=1e-6)
+    finally:
+        ctx.close()
+
+
 def test_api_analyze_without_a_model_is_503(settings, redis_client, tmp_path, face_png):  # noqa: F811
     bare = settings.model_copy(update={"default_model_dir": tmp_path / "nothing"})
     response = _post(_app(bare).server.test_client(), face_png.read_bytes())

@@ -123,7 +123,7 @@ class DashboardContext:
         with self._model_lock:
             if self._model is None or self._model_dir != directory:
                 try:
-                    self._model = _LockedModel(EmotionModel(directory))
+                    self._model = _LockedModel(EmotionModel(directory), self.settings.classifier.flip_tta)
                 except ModelError as exc:
                     raise SourceUnavailable(str(exc)) from None
                 self._model_dir = directory
@@ -135,10 +135,15 @@ class DashboardContext:
 
 
 class _LockedModel:
-    """A LiteRT interpreter is not thread-safe; the dashboard's server threads share one through this."""
+    """A LiteRT interpreter is not thread-safe; the dashboard's server threads share one through this.
 
-    def __init__(self, model) -> None:
+    It predicts as the live classifier does (with flip TTA when `classifier.flip_tta` is set), so an
+    uploaded photo gets the probabilities the pipeline would give the same crop.
+    """
+
+    def __init__(self, model, flip_tta: bool = False) -> None:
         self._model = model
+        self._flip_tta = flip_tta
         self._lock = threading.Lock()
 
     @property
@@ -151,4 +156,4 @@ class _LockedModel:
 
     def predict(self, crops):
         with self._lock:
-            return self._model.predict(crops)
+            return self._model.predict_tta(crops) if self._flip_tta else self._model.predict(crops)
