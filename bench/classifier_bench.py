@@ -101,7 +101,8 @@ def run_classifier_bench(settings: Settings, client, *, batch_sizes: list[int], 
         "faces": default["faces"],
         "events": default["events"],
         "lost": 0,
-        "default_config": {"batch": default["batch"], "threads": default["threads"]},
+        "default_config": {"batch": default["batch"], "threads": default["threads"],
+                           "overlap_batches": settings.worker.overlap_batches, "flip_tta": settings.classifier.flip_tta},
         "service_faces_per_s": default["service_faces_per_s"],
         "bare_faces_per_s": default["bare_faces_per_s"],
         "ratio": default["ratio"],
@@ -113,6 +114,9 @@ def run_classifier_bench(settings: Settings, client, *, batch_sizes: list[int], 
 def table(result: dict) -> str:
     rows = [(r["batch"], r["threads"], r["service_faces_per_s"], r["bare_faces_per_s"], f"{r['ratio']:.2f}")
             for r in result["table"]]
+    config = result["default_config"]
     head = (f"classifier {result['model_version']} ({result['model_architecture']}), about {result['faces']} faces "
-            f"(whole batches) from {result['crops']}; medians of {result['table'][0]['repeats']} runs")
+            f"(whole batches) from {result['crops']}; medians of {result['table'][0]['repeats']} runs; "
+            f"loop {'overlapped' if config['overlap_batches'] else 'plain'}"
+            f"{', flip TTA' if config['flip_tta'] else ''}")
     return head + "\n" + format_table(("batch", "threads", "service faces/s", "bare faces/s", "ratio"), rows)

@@ -50,6 +50,7 @@ def test_classifier_bench_json_and_no_face_lost(bench_env, tmp_path):
     assert result["events"] == result["faces"] and result["lost"] == 0
     (row,) = result["table"]
     assert (row["batch"], row["threads"]) == (16, 1)
+    assert result["default_config"] == {"batch": 16, "threads": 1, "overlap_batches": True, "flip_tta": False}
     assert row["events"] == row["faces"] == 208 and row["service_faces_per_s"] > 0 and row["bare_faces_per_s"] > 0
     assert {"date", "machine", "commit", "command"} <= set(result["run"])
     leftovers = list(redis.Redis.from_url(bench_env["EMOTION_REDIS_URL"]).scan_iter(match="tbench-bench-*"))
