@@ -79,16 +79,12 @@ class Processor(Protocol[M]):
 
 
 @runtime_checkable
-class OverlappingProcessor(Protocol[M]):
+class OverlappingProcessor(Processor[M], Protocol[M]):
     """A processor whose `handle(batch)` is `finish(batch, prepare(batch))`.
 
     `prepare` must touch no shared state (it runs on a helper thread while the previous batch's
     `finish` runs on the loop's); `finish` runs on the loop's thread, in batch order.
     """
-
-    input_model: type[M]
-
-    def handle(self, batch: list[M]) -> list[Outbound]: ...
 
     def prepare(self, batch: list[M]) -> Any: ...
 
@@ -194,11 +190,9 @@ class StreamWorker(Generic[M]):
                         break
                 except REDIS_DOWN_ERRORS as exc:
                     self.stats.redis_errors += 1
-                    # Whether the last commit landed is unknown: re-read our pending entries from Redis
-                    # (the batch in flight, if any, is among them).
+                    # Whether the last commit landed is unknown: re-read our pending entries from Redis.
                     self._retry_entries = None
-                    self._in_flight = None
-                    self._own_pending_done = False
+                    self._reread_pending()
                     log.warning("event=redis_down service=%s error=%r retry_in_s=%.1f", self.service, exc, backoff)
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, self.settings.backoff_max_s)
@@ -206,8 +200,7 @@ class StreamWorker(Generic[M]):
                     self.stats.transient_errors += 1
                     log.warning("event=transient_error service=%s error=%s retry_in_s=%.1f", self.service, exc, backoff)
                     # Our unacked entries stay pending; read them again from the start after the pause.
-                    self._in_flight = None
-                    self._own_pending_done = False
+                    self._reread_pending()
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, self.settings.backoff_max_s)
         finally:
@@ -215,6 +208,12 @@ class StreamWorker(Generic[M]):
         log.info("event=stop service=%s consumer=%s stats=%s", self.service, self.consumer,
                  json.dumps(self.stats.as_dict()))
         return 0
+
+    def _reread_pending(self) -> None:
+        """After a failure, our unacknowledged entries are read again from Redis, the batch in flight
+        among them; so it is dropped here, and a batch is only ever in flight while reading new entries."""
+        self._in_flight = None
+        self._own_pending_done = False
 
     def _teardown(self) -> None:
         try:
@@ -248,11 +247,10 @@ class StreamWorker(Generic[M]):
             self._last_heartbeat = now
         if self._retry_entries is not None:
             entries, self._retry_entries = self._retry_entries, None
-            flushed = self._flush()
             # Reset their idle time (JUSTID leaves the delivery count alone) so no reclaim takes them.
             self.client.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
                                message_ids=[i for i, _ in entries], justid=True)
-            return flushed + self._process(entries, check_deliveries=False)
+            return self._process(entries, check_deliveries=False)
         handled = 0
         if now - self._last_claim >= self.settings.claim_interval_s:
             self._last_claim = now
@@ -260,8 +258,6 @@ class StreamWorker(Generic[M]):
             handled += self._reclaim()
             if self.trim_keep_ms is not None:
                 self._trim_consumed()
-        if not self._own_pending_done:
-            handled += self._flush()  # our pending entries are read again next: none of them may stay in flight
         entries = self._read()
         if not entries:
             return handled + self._flush()

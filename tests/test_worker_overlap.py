@@ -29,14 +29,12 @@ class Doubler:
     def __init__(self, out: str) -> None:
         self.out = out
         self.prepare_threads: set[str] = set()
-        self.finished: list[list[int]] = []
 
     def prepare(self, batch: list[FaceMessage]) -> list[int]:
         self.prepare_threads.add(threading.current_thread().name)
         return [face.frame_id * 2 for face in batch]
 
     def finish(self, batch: list[FaceMessage], prepared: list[int]) -> list[Outbound]:
-        self.finished.append([face.frame_id for face in batch])
         return [Outbound(self.out, {b"frame": str(f.frame_id).encode(), b"double": str(d).encode()})
                 for f, d in zip(batch, prepared)]
 
