@@ -24,14 +24,19 @@ def make_augmenter(seed: int) -> keras.Sequential:
     ], name="augment")
 
 
-def random_erasing(images: tf.Tensor, probability: float = 0.5, max_fraction: float = 0.25) -> tf.Tensor:
-    """Blank one random rectangle per image (Zhong et al. 2017) so the model cannot rely on one region."""
+def random_erasing(images: tf.Tensor, probability: float = 0.5, min_area: float = 0.02, max_area: float = 0.25,
+                   max_aspect: float = 3.3) -> tf.Tensor:
+    """Replace one random rectangle per image with noise (Zhong et al. 2017) so the model cannot rely
+    on one region: area min_area..max_area of the image, aspect ratio 1/max_aspect..max_aspect."""
     shape = tf.shape(images)
     batch, height, width = shape[0], shape[1], shape[2]
-    side_h = tf.cast(tf.random.uniform([batch], 0.1, max_fraction ** 0.5 * 2) * tf.cast(height, tf.float32), tf.int32)
-    side_w = tf.cast(tf.random.uniform([batch], 0.1, max_fraction ** 0.5 * 2) * tf.cast(width, tf.float32), tf.int32)
-    top = tf.cast(tf.random.uniform([batch]) * tf.cast(height - side_h, tf.float32), tf.int32)
-    left = tf.cast(tf.random.uniform([batch]) * tf.cast(width - side_w, tf.float32), tf.int32)
+    area = tf.random.uniform([batch], min_area, max_area) * tf.cast(height * width, tf.float32)
+    log_aspect = tf.random.uniform([batch], -np.log(max_aspect), np.log(max_aspect))
+    aspect = tf.exp(log_aspect)
+    side_h = tf.minimum(tf.cast(tf.sqrt(area * aspect), tf.int32), height)
+    side_w = tf.minimum(tf.cast(tf.sqrt(area / aspect), tf.int32), width)
+    top = tf.cast(tf.random.uniform([batch]) * tf.cast(height - side_h + 1, tf.float32), tf.int32)
+    left = tf.cast(tf.random.uniform([batch]) * tf.cast(width - side_w + 1, tf.float32), tf.int32)
     rows = tf.range(height)[None, :, None]
     cols = tf.range(width)[None, None, :]
     inside = ((rows >= top[:, None, None]) & (rows < (top + side_h)[:, None, None])

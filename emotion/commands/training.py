@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,8 +56,45 @@ def _train_config(args):
     return TrainConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
+def cmd_campaign(args) -> int:
+    """`emotion train --recipe NAME --run-dir DIR` starts a campaign; `--resume DIR` continues one."""
+    import shlex
+
+    from emotion.cli import UserError
+    from trainer.data import DatasetError
+    from trainer.recipes import RECIPES, CampaignState
+
+    run_dir = Path(args.resume or args.run_dir or f"models/{args.recipe}-v1").expanduser()
+    try:
+        if args.resume is None:
+            from trainer.campaign import CampaignError, start_campaign
+
+            recipe = RECIPES[args.recipe]
+            if args.epochs_total:
+                recipe = recipe.model_copy(update={"cycles": [args.epochs_total]})
+            # Kept relative to the repository, so the campaign continues on another machine's checkout.
+            data = os.path.relpath(Path(args.data).expanduser().resolve() if args.data else DEFAULT_DATA, REPO_ROOT)
+            start_campaign(run_dir, recipe, data, ferplus=args.ferplus)
+        from trainer.campaign import CampaignError, train_epochs
+
+        command = shlex.join(["emotion", "train", "--resume", str(run_dir)]
+                             + (["--epochs", str(args.epochs)] if args.epochs is not None else [])
+                             + (["--hours", str(args.hours)] if args.hours else []))
+        state = train_epochs(run_dir, max_epochs=args.epochs, command=command,
+                             stop_after_s=args.hours * 3600 if args.hours else None)
+    except (DatasetError, CampaignError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    print(json.dumps({"run_dir": str(run_dir), "epochs_done": state.epochs_done,
+                      "total_epochs": state.recipe.total_epochs, "best_epoch": state.best_epoch,
+                      "best_val_top1": state.best_val_top1, "finished": state.finished}))
+    return 0
+
+
 def cmd_train(args) -> int:
     from emotion.cli import UserError
+
+    if args.resume or args.recipe:
+        return cmd_campaign(args)
     from shared.bootstrap import registry_from
     from trainer.data import DatasetError
     from trainer.jobs import enqueue_training, train_and_register
@@ -172,6 +210,7 @@ def cmd_job(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from shared.training import MODEL_NAMES
+    from trainer.recipes import RECIPES
 
     p = sub.add_parser("train", help="train a model, then export, evaluate, register and (maybe) promote it")
     p.add_argument("--data", default=None, help=f"FER-2013: fer2013.csv, train/ test/ folders or .npz (default {DEFAULT_DATA})")
@@ -192,6 +231,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, help="subsample Training (quick runs)")
     p.add_argument("--version", default=None, help="registry version name (default <model>-<UTC time>)")
     p.add_argument("--enqueue", action="store_true", help="queue the run for `emotion worker` and print the job id")
+    p.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="start a resumable campaign with a long recipe (state in --run-dir, default models/<recipe>-v1)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the campaign kept in RUN_DIR")
+    p.add_argument("--hours", type=float, default=None, help="campaigns: stop at the first epoch end after this long")
+    p.add_argument("--epochs-total", type=int, default=None,
+                   help="--recipe: one cosine cycle of this many epochs instead of the recipe's cycles (tiny runs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("worker", help="run the RQ training worker (queue 'training')")
