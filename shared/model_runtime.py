@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -20,6 +21,7 @@ from shared.emotions import EMOTIONS
 MODEL_FILE = "model.tflite"
 KERAS_FILE = "model.keras"  # the trainable model exported beside it (fine-tuning starts from it)
 METADATA_FILE = "metadata.json"
+TtaMode = Literal["none", "flip", "ten-crop"]
 
 
 class ModelError(RuntimeError):
@@ -35,11 +37,19 @@ class Preprocess(BaseModel):
     equalize_hist: bool = False
     margin: float = Field(0.0, ge=0, le=1, description="extra border around the detector box, fraction of its side")
     input_range: str = Field("0-255", pattern=r"^(0-255|0-1)$", description="pixel range the graph expects")
+    network_size: int | None = Field(
+        None, ge=8, le=256, description="side the network sees: the central network_size pixels of the crop "
+                                        "(models trained on random crops); None: the whole crop")
 
     @property
     def id(self) -> str:
-        eq = "eq" if self.equalize_hist else "raw"
-        return f"g{self.input_size}-{eq}-m{self.margin:.2f}"
+        """Readable size and colour, then a digest of every field: two crops with equal ids were made alike."""
+        digest = hashlib.sha1(self.model_dump_json().encode()).hexdigest()[:8]
+        return f"{'g' if self.grayscale else 'c'}{self.input_size}-{digest}"
+
+    @property
+    def network_side(self) -> int:
+        return self.network_size or self.input_size
 
 
 class ModelMetadata(BaseModel):
@@ -117,7 +127,10 @@ class EmotionModel:
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{model_path}: LiteRT cannot load it ({exc})") from None
         size = self.metadata.preprocess.input_size
-        expected = [size, size, 1 if self.metadata.preprocess.grayscale else 3]
+        side = self.metadata.preprocess.network_side
+        if side > size:
+            raise ModelError(f"{model_dir}: network_size {side} is larger than the crop ({size})")
+        expected = [side, side, 1 if self.metadata.preprocess.grayscale else 3]
         if list(self._input["shape"][1:]) != expected:
             raise ModelError(f"{model_path}: input shape {list(self._input['shape'])} does not match metadata {expected}")
         if int(self._output["shape"][-1]) != len(EMOTIONS):
@@ -135,10 +148,37 @@ class EmotionModel:
         return self.metadata.preprocess
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 7) in FER order for uint8 crops (N, S, S)."""
+        """Probabilities (N, 7) in FER order for uint8 crops (N, S, S) of the metadata's input size."""
         if crops.ndim != 3:
             raise ValueError(f"crops must be (N, S, S), got {crops.shape}")
-        batch = crops.shape[0]
+        side = self.preprocess.network_side
+        offset = (crops.shape[1] - side) // 2
+        return self._invoke(crops[:, offset:offset + side, offset:offset + side])
+
+    def predict_tta(self, crops: np.ndarray, mode: TtaMode = "flip") -> np.ndarray:
+        """Mean prediction over views of each crop: "flip" (the crop and its mirror), or "ten-crop"
+        (the four corners and the centre of a network-sized window, each mirrored too; a model that
+        sees the whole crop gets the flip views only)."""
+        if crops.ndim != 3:
+            raise ValueError(f"crops must be (N, S, S), got {crops.shape}")
+        if mode == "none":
+            return self.predict(crops)
+        views = [crops, crops[:, :, ::-1]]
+        side, size = self.preprocess.network_side, crops.shape[1]
+        if mode == "ten-crop" and side < size:
+            spare, centre = size - side, (size - side) // 2
+            views = [view[:, y:y + side, x:x + side] for view in views
+                     for y, x in ((0, 0), (0, spare), (spare, 0), (spare, spare), (centre, centre))]
+        else:
+            offset = (size - side) // 2
+            views = [view[:, offset:offset + side, offset:offset + side] for view in views]
+        batch = len(crops)
+        # One call over all views: the runtime batches them, which is faster than ten small calls.
+        probabilities = self._invoke(np.concatenate(views))
+        return probabilities.reshape(len(views), batch, -1).mean(axis=0)
+
+    def _invoke(self, network_input: np.ndarray) -> np.ndarray:
+        batch = network_input.shape[0]
         if batch == 0:
             return np.zeros((0, len(EMOTIONS)), np.float32)
         if batch != self._batch:
@@ -146,13 +186,9 @@ class EmotionModel:
             self._interpreter.resize_tensor_input(self._input["index"], [batch, *self._input["shape"][1:]])
             self._interpreter.allocate_tensors()
             self._batch = batch
-        x = crops.astype(np.float32)[..., None]
+        x = network_input.astype(np.float32)[..., None]
         if self.preprocess.input_range == "0-1":
             x /= 255.0
         self._interpreter.set_tensor(self._input["index"], x)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"]).copy()
-
-    def predict_tta(self, crops: np.ndarray) -> np.ndarray:
-        """Mean of the prediction on the crops and on their mirror images (flip test-time augmentation)."""
-        return (self.predict(crops) + self.predict(crops[:, :, ::-1].copy())) / 2
