@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import redis
 
 from shared.redis_conn import connect, wait_until_up
-from shared.registry import ModelRegistry
+from shared.registry import ModelRegistry, Role
 from shared.settings import Settings
 from shared.streams import Keys
 
@@ -23,5 +24,10 @@ def redis_from(settings: Settings, wait_s: float = 10.0) -> redis.Redis:
     return client
 
 
-def registry_from(settings: Settings, client: redis.Redis | None) -> ModelRegistry:
-    return ModelRegistry(settings.registry_dir, client, Keys(settings.prefix), settings.default_model_dir)
+def registry_from(settings: Settings, client: redis.Redis | None, role: Role = "fast") -> ModelRegistry:
+    """The registry seen through one model role; the accurate role falls back to the fast default model
+    while no accurate model is installed, so analysis always has a model to answer with."""
+    default_dir = settings.default_model_dir
+    if role == "accurate" and (Path(settings.accurate_model_dir) / "metadata.json").exists():
+        default_dir = settings.accurate_model_dir
+    return ModelRegistry(settings.registry_dir, client, Keys(settings.prefix), default_dir, role)

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import redis
 
@@ -22,14 +23,27 @@ from shared.streams import Keys
 
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 DEFAULT_VERSION = "default"
+# Model roles: `fast` serves the live classifiers, `accurate` answers photo and offline analysis.
+# Each role has its own current-version pointer over the one shared set of versions.
+ROLES = ("fast", "accurate")
+Role = Literal["fast", "accurate"]
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, client: redis.Redis | None, keys: Keys, default_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, client: redis.Redis | None, keys: Keys, default_dir: Path | None = None,
+                 role: Role = "fast") -> None:
+        if role not in ROLES:
+            raise ModelError(f"unknown model role {role!r}; choose one of {', '.join(ROLES)}")
         self.root = Path(root)
         self.client = client
         self.keys = keys
         self.default_dir = Path(default_dir) if default_dir else None
+        self.role = role
+        # The fast role keeps the original key and file names, so existing deployments keep their pointer.
+        suffix = "" if role == "fast" else f":{role}"
+        self._current_key = keys.model_current + suffix
+        self._history_key = keys.model_history + suffix
+        self._pointer_name = "CURRENT" if role == "fast" else f"CURRENT-{role}"
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -47,10 +61,10 @@ class ModelRegistry:
 
     def current_version(self) -> str | None:
         if self.client is not None:
-            value = self.client.get(self.keys.model_current)
+            value = self.client.get(self._current_key)
             if value:
                 return value.decode()
-        pointer = self.root / "CURRENT"
+        pointer = self.root / self._pointer_name
         return pointer.read_text().strip() or None if pointer.exists() else None
 
     def path(self, version: str) -> Path:
@@ -70,8 +84,8 @@ class ModelRegistry:
             return self.path(version)
         if self.default_dir is not None and (self.default_dir / "metadata.json").exists():
             return self.default_dir
-        raise ModelError(f"no current model: registry {self.root} has no current version and no default model "
-                         f"is installed (train one with `emotion train`, or set EMOTION_DEFAULT_MODEL_DIR)")
+        raise ModelError(f"no current model for the {self.role} role: registry {self.root} has no current version and no default "
+                         f"model is installed (train one with `emotion train`, or set EMOTION_DEFAULT_MODEL_DIR)")
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -103,9 +117,9 @@ class ModelRegistry:
         if self.client is not None:
             pipe = self.client.pipeline(transaction=True)
             if previous and previous != version:
-                pipe.lpush(self.keys.model_history, previous)
-            pipe.set(self.keys.model_current, version)
-            pipe.publish(self.keys.model_updates, json.dumps({"event": "promoted", "version": version}))
+                pipe.lpush(self._history_key, previous)
+            pipe.set(self._current_key, version)
+            pipe.publish(self.keys.model_updates, json.dumps({"event": "promoted", "version": version, "role": self.role}))
             pipe.execute()
         self._write_pointer(version)
 
@@ -113,18 +127,19 @@ class ModelRegistry:
         """Return to the previously current version."""
         if self.client is None:
             raise ModelError("rollback needs Redis (the promotion history lives there)")
-        previous = self.client.lpop(self.keys.model_history)
+        previous = self.client.lpop(self._history_key)
         if not previous:
             raise ModelError("nothing to roll back to: no earlier promoted version")
         version = previous.decode()
         EmotionModel(self.path(version))
-        self.client.set(self.keys.model_current, version)
-        self.client.publish(self.keys.model_updates, json.dumps({"event": "rolled_back", "version": version}))
+        self.client.set(self._current_key, version)
+        self.client.publish(self.keys.model_updates, json.dumps({"event": "rolled_back", "version": version,
+                                                                 "role": self.role}))
         self._write_pointer(version)
         return version
 
     def _write_pointer(self, version: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / ".CURRENT.tmp"
+        tmp = self.root / f".{self._pointer_name}.tmp"
         tmp.write_text(version + "\n")
-        os.replace(tmp, self.root / "CURRENT")
+        os.replace(tmp, self.root / self._pointer_name)

@@ -8,6 +8,7 @@ keyword arguments to `Settings(...)`. Unknown EMOTION_ variables are rejected, s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import os
 
@@ -62,7 +63,18 @@ class ClassifierSettings(_Section):
     smoothing_tau_ms: float = Field(600.0, gt=0, description="time constant of the per-track EMA")
     flip_tta: bool = Field(False, description="average each face with its mirror image: ~+0.6 points top-1 on "
                                               "PublicTest for half the throughput")
+    model_role: Literal["fast", "accurate"] = Field("fast", description="which role's current model the live "
+                                                                         "classifiers serve")
     model_check_s: float = Field(1.0, gt=0, description="how often to look for a newly promoted model")
+
+
+class AnalyzeSettings(_Section):
+    """Photo and offline analysis (the Analyze page, /api/analyze, `emotion analyze`): accuracy over speed."""
+
+    model_role: Literal["fast", "accurate"] = Field("accurate", description="model role that answers")
+    tta: Literal["none", "flip", "ten-crop"] = Field(
+        "ten-crop", description="test-time augmentation: none, flip (2 views) or ten-crop (10 views; models that "
+                                "see a central window of their crop, else flip)")
 
 
 class RecorderSettings(_Section):
@@ -89,7 +101,11 @@ class Settings(BaseSettings):
                               description="SQLAlchemy URL of the event store (SQLite file or PostgreSQL)")
     prefix: str = Field("emotion", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of every Redis key and stream")
     registry_dir: Path = Field(Path("registry"), description="versioned model registry directory")
-    default_model_dir: Path = Field(REPO_ROOT / "models" / "default", description="model served when the registry is empty")
+    default_model_dir: Path = Field(REPO_ROOT / "models" / "default",
+                                    description="fast-role model served while the registry has no current fast version")
+    accurate_model_dir: Path = Field(REPO_ROOT / "models" / "accurate",
+                                     description="accurate-role model served while the registry has no current accurate "
+                                                 "version (when absent, the fast model answers)")
     frames_maxlen: int = Field(300, ge=10, description="approximate cap of the live frames stream (shed beyond)")
     events_maxlen: int = Field(100_000, ge=1000, description="approximate cap of the events stream (recorded first)")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
@@ -99,6 +115,7 @@ class Settings(BaseSettings):
     capture: CaptureSettings = CaptureSettings()
     detector: DetectorSettings = DetectorSettings()
     classifier: ClassifierSettings = ClassifierSettings()
+    analyze: AnalyzeSettings = AnalyzeSettings()
     recorder: RecorderSettings = RecorderSettings()
     dashboard: DashboardSettings = DashboardSettings()
 

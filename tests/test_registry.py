@@ -79,3 +79,39 @@ def test_version_names_are_checked(registry, tmp_path):
         registry.register(source, "renamed")
     with pytest.raises(ModelError, match="not in the registry"):
         registry.promote("missing")
+
+
+def test_each_role_has_its_own_current_version_over_one_set_of_versions(settings, redis_client, keys, tmp_path):
+    fast = ModelRegistry(settings.registry_dir, redis_client, keys, role="fast")
+    accurate = ModelRegistry(settings.registry_dir, redis_client, keys, role="accurate")
+    for version in ("small", "big-1", "big-2"):
+        fast.register(copy_model(tmp_path / f"src {version}", version))
+    assert [m.version for m in accurate.versions()] == [m.version for m in fast.versions()]
+    fast.promote("small")
+    accurate.promote("big-1")
+    accurate.promote("big-2")
+    assert (fast.current_version(), accurate.current_version()) == ("small", "big-2")
+    # The fast role keeps the original key and pointer file (deployments from before roles keep working).
+    assert redis_client.get(keys.model_current) == b"small"
+    assert (settings.registry_dir / "CURRENT").read_text().strip() == "small"
+    assert (settings.registry_dir / "CURRENT-accurate").read_text().strip() == "big-2"
+    assert accurate.rollback() == "big-1"
+    assert fast.current_version() == "small"
+    with pytest.raises(ModelError, match="nothing to roll back"):
+        fast.rollback()
+    # Without Redis each role still finds its pointer file.
+    assert ModelRegistry(settings.registry_dir, None, keys, role="accurate").current_version() == "big-1"
+    with pytest.raises(ModelError, match="unknown model role"):
+        ModelRegistry(settings.registry_dir, None, keys, role="huge")
+
+
+def test_the_accurate_role_falls_back_to_the_fast_default_until_an_accurate_model_is_installed(settings, tmp_path):
+    from shared.bootstrap import registry_from
+
+    fast_dir = copy_model(tmp_path / "fast model", "fast-default")
+    settings = settings.model_copy(update={"default_model_dir": fast_dir, "accurate_model_dir": tmp_path / "absent"})
+    assert registry_from(settings, None, "accurate").current_dir() == fast_dir
+    accurate_dir = copy_model(tmp_path / "accurate model", "accurate-default")
+    settings = settings.model_copy(update={"accurate_model_dir": accurate_dir})
+    assert registry_from(settings, None, "accurate").current_dir() == accurate_dir
+    assert registry_from(settings, None, "fast").current_dir() == fast_dir

@@ -169,3 +169,26 @@ def test_report_command_reproduces_the_training_config(tmp_path):
     assert argv[:2] == ["emotion", "train"]
     parsed = _train_config(build_parser().parse_args(argv[1:]))
     assert parsed.model_dump(exclude={"patience"}) == original.model_dump(exclude={"patience"})
+
+
+def test_evaluate_model_accepts_a_role_a_version_or_a_directory(cli_env, registry, tmp_path, capsys, monkeypatch):
+    fast_dir = copy_model(tmp_path / "fast", "fast-default")
+    accurate_dir = copy_model(tmp_path / "accurate", "accurate-default")
+    monkeypatch.setenv("EMOTION_DEFAULT_MODEL_DIR", str(fast_dir))
+    monkeypatch.setenv("EMOTION_ACCURATE_MODEL_DIR", str(accurate_dir))
+    registry.register(copy_model(tmp_path / "src", "registered-one"))
+    data = write_fer_folder(tmp_path / "fer", n_train=14, n_val=21)
+
+    def answered(*model: str) -> str:
+        assert main(["evaluate", *model, "--data", str(data), "--no-tta", "--json"]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["model_version"]
+
+    assert answered() == "fast-default"
+    assert answered("--model", "fast") == "fast-default"
+    assert answered("--model", "accurate") == "accurate-default"
+    assert answered("--model", "registered-one") == "registered-one"
+    assert answered("--model", str(accurate_dir)) == "accurate-default"
+    ModelRegistry(Path(cli_env["EMOTION_REGISTRY_DIR"]), registry.client, registry.keys, role="accurate").promote(
+        "registered-one")
+    assert answered("--model", "accurate") == "registered-one"
+    assert answered("--model", "fast") == "fast-default"

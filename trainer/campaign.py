@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from shared.settings import REPO_ROOT
 from trainer.data import DatasetError, Split, attach_ferplus, load_dataset, load_ferplus_votes
 from trainer.models import make_model
 from trainer.pipeline import random_erasing
-from trainer.recipes import BEST_FILE, WEIGHTS_FILE, CampaignState, EpochRecord, Recipe, Stretch
+from trainer.recipes import BEST_FILE, TEACHER_FILE, WEIGHTS_FILE, CampaignState, EpochRecord, Recipe, Stretch
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +150,23 @@ def make_optimizer(recipe: Recipe) -> keras.optimizers.Optimizer:
     return keras.optimizers.AdamW(recipe.peak_lr, weight_decay=recipe.weight_decay)
 
 
-def load_teacher(recipe: Recipe) -> keras.Model | None:
-    if recipe.teacher is None:
+def load_teacher(run_dir: Path, state: CampaignState) -> keras.Model | None:
+    if state.teacher_recipe is None:
         return None
-    teacher_dir = resolve_data(str(recipe.teacher))
-    teacher_state = CampaignState.read(teacher_dir)
-    if teacher_state.recipe.input_size != recipe.input_size:
-        raise CampaignError(f"teacher {teacher_dir} sees {teacher_state.recipe.input_size}-px crops, "
-                            f"the student {recipe.input_size}-px: they must match")
-    teacher = build_model(teacher_state.recipe)
-    load_weights(teacher, teacher_dir / BEST_FILE)
+    teacher = build_model(state.teacher_recipe)
+    load_weights(teacher, Path(run_dir) / TEACHER_FILE)
     teacher.trainable = False
     return teacher
+
+
+def distillation_loss(teacher_probabilities: tf.Tensor, student_probabilities: tf.Tensor,
+                      temperature: float) -> tf.Tensor:
+    """Hinton et al.'s soft-target loss: cross-entropy between both distributions softened by the
+    temperature, times T^2 so its gradients keep their scale. Log-probabilities are logits up to a
+    constant per row, so the softmax models' outputs serve directly."""
+    soft_teacher = tf.nn.softmax(tf.math.log(teacher_probabilities + 1e-7) / temperature)
+    log_student = tf.nn.log_softmax(tf.math.log(student_probabilities + 1e-7) / temperature)
+    return -tf.reduce_mean(tf.reduce_sum(soft_teacher * log_student, axis=1)) * temperature ** 2
 
 
 def make_train_step(model: keras.Model, optimizer, recipe: Recipe, teacher: keras.Model | None):
@@ -173,10 +179,8 @@ def make_train_step(model: keras.Model, optimizer, recipe: Recipe, teacher: kera
             probabilities = model(x, training=True)
             loss = label_loss(y, probabilities)
             if teacher is not None:
-                # Soften both distributions with the temperature; log-probabilities are logits up to a constant.
-                soft_teacher = tf.nn.softmax(tf.math.log(teacher(x, training=False) + 1e-7) / temperature)
-                log_student = tf.nn.log_softmax(tf.math.log(probabilities + 1e-7) / temperature)
-                distill = -tf.reduce_mean(tf.reduce_sum(soft_teacher * log_student, axis=1)) * temperature ** 2
+                # The teacher sees the same augmented batch: every epoch brings new soft targets.
+                distill = distillation_loss(teacher(x, training=False), probabilities, temperature)
                 loss = (1 - recipe.distill_weight) * loss + recipe.distill_weight * distill
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
@@ -209,7 +213,7 @@ def train_epochs(run_dir: Path, *, max_epochs: int | None = None, stop_after_s: 
         log.info("resuming %s after epoch %d", state.name, state.epochs_done)
     elif state.epochs_done:
         raise CampaignError(f"{run_dir}: {state.epochs_done} epochs recorded but no {WEIGHTS_FILE}")
-    teacher = load_teacher(recipe)
+    teacher = load_teacher(run_dir, state)
     optimizer = make_optimizer(recipe)
     step = make_train_step(model, optimizer, recipe, teacher)
     steps_per_epoch = int(np.ceil(len(train) / recipe.batch_size))
@@ -256,8 +260,22 @@ def start_campaign(run_dir: Path, recipe: Recipe, data: str, name: str | None = 
     if (run_dir / "campaign.json").exists():
         raise CampaignError(f"{run_dir} already holds a campaign; continue it with --resume {run_dir}")
     train, _ = load_splits(data, recipe, ferplus)
+    teacher_state = None
+    if recipe.teacher is not None:
+        teacher_dir = resolve_data(str(recipe.teacher))
+        teacher_state = CampaignState.read(teacher_dir)
+        if teacher_state.best_epoch is None:
+            raise CampaignError(f"teacher {teacher_dir} has not finished an epoch yet")
+        if teacher_state.recipe.input_size != recipe.input_size:
+            raise CampaignError(f"teacher {teacher_dir} sees {teacher_state.recipe.input_size}-px crops, "
+                                f"the student {recipe.input_size}-px: they must match")
     run_dir.mkdir(parents=True, exist_ok=True)
     state = CampaignState(name=name or run_dir.name, recipe=recipe, data=data, ferplus=ferplus,
-                          data_fingerprint=train.fingerprint())
+                          data_fingerprint=train.fingerprint(),
+                          teacher_recipe=teacher_state.recipe if teacher_state else None,
+                          teacher_epoch=teacher_state.best_epoch if teacher_state else None)
+    if teacher_state is not None:
+        # Frozen now: the teacher's campaign may go on improving, the student's targets must not move.
+        shutil.copyfile(resolve_data(str(recipe.teacher)) / BEST_FILE, run_dir / TEACHER_FILE)
     state.write(run_dir)
     return state

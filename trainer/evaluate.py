@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 
 from shared.emotions import EMOTIONS, NUM_EMOTIONS
-from shared.model_runtime import EmotionModel, ModelError, read_metadata
+from shared.model_runtime import EmotionModel, ModelError, TtaMode, read_metadata
 from shared.registry import ModelRegistry
 from trainer.data import Split
 
 EVAL_BATCH = 256
-THROUGHPUT_BATCH = 64
+THROUGHPUT_BATCH = 16  # the live classifier's micro-batch: the speed a replica gets
 THROUGHPUT_REPEATS = 5
 
 
@@ -35,9 +35,9 @@ def resolve_model_dir(model_dir_or_version: Path | str, registry: ModelRegistry 
     return registry.path(str(model_dir_or_version))
 
 
-def predict_all(model: EmotionModel, images: np.ndarray, tta: bool, batch: int = EVAL_BATCH) -> np.ndarray:
-    run = model.predict_tta if tta else model.predict
-    parts = [run(images[start:start + batch]) for start in range(0, len(images), batch)]
+def predict_all(model: EmotionModel, images: np.ndarray, tta: bool | TtaMode, batch: int = EVAL_BATCH) -> np.ndarray:
+    mode: TtaMode = "flip" if tta is True else "none" if tta is False else tta
+    parts = [model.predict_tta(images[start:start + batch], mode) for start in range(0, len(images), batch)]
     return np.concatenate(parts) if parts else np.zeros((0, NUM_EMOTIONS), np.float32)
 
 
@@ -69,18 +69,22 @@ def score(labels: np.ndarray, probabilities: np.ndarray) -> dict:
 
 
 def throughput(model_dir: Path, images: np.ndarray, batch: int = THROUGHPUT_BATCH,
-               repeats: int = THROUGHPUT_REPEATS, min_seconds: float = 0.3) -> dict:
+               repeats: int = THROUGHPUT_REPEATS, min_seconds: float = 0.3, tta: TtaMode = "none") -> dict:
     """Faces per second of the exported model on one thread at `batch` faces per call (median of repeats)."""
     model = EmotionModel(model_dir, threads=1)
     if len(images) == 0:
-        images = np.zeros((batch, 48, 48), np.uint8)
+        images = np.zeros((batch, model.preprocess.input_size, model.preprocess.input_size), np.uint8)
     sample = np.resize(images, (batch, *images.shape[1:])).astype(np.uint8)
-    model.predict(sample)  # warm up (tensor allocation)
+
+    def run() -> None:
+        model.predict_tta(sample, tta)
+
+    run()  # warm up (tensor allocation)
     calls = 1
     while True:  # calls per repeat so one repeat lasts at least min_seconds
         started = time.perf_counter()
         for _ in range(calls):
-            model.predict(sample)
+            run()
         elapsed = time.perf_counter() - started
         if elapsed >= min_seconds or calls >= 4096:
             break
@@ -89,17 +93,19 @@ def throughput(model_dir: Path, images: np.ndarray, batch: int = THROUGHPUT_BATC
     for _ in range(repeats - 1):
         started = time.perf_counter()
         for _ in range(calls):
-            model.predict(sample)
+            run()
         rates.append(calls * batch / (time.perf_counter() - started))
-    return {"faces_per_s": round(statistics.median(rates), 1), "batch": batch, "threads": 1, "repeats": repeats}
+    return {"faces_per_s": round(statistics.median(rates), 1), "batch": batch, "threads": 1, "repeats": repeats,
+            "tta": tta}
 
 
 def evaluate(model_dir_or_version: Path | str, split: Split, tta: bool = True, *,
              registry: ModelRegistry | None = None, measure_throughput: bool = True) -> dict:
-    """Scores of the exported model on `split`; with `tta`, also the flip-TTA scores under "tta".
+    """Scores of the exported model on `split`; with `tta`, also the flip-TTA scores under "tta" and,
+    for a model that sees a central window of its crop, the ten-crop scores under "ten_crop".
 
     The top level holds the plain scores (top1, top2, macro_f1, per_class, confusion, n) and, for
-    convenience, top1_tta / top2_tta / macro_f1_tta.
+    convenience, top1_tta / top2_tta / macro_f1_tta and top1_ten_crop / top2_ten_crop / macro_f1_ten_crop.
     """
     model_dir = resolve_model_dir(model_dir_or_version, registry)
     model = EmotionModel(model_dir, threads=1)
@@ -112,17 +118,26 @@ def evaluate(model_dir_or_version: Path | str, split: Split, tta: bool = True, *
         result["tta"] = score(split.labels, predict_all(model, split.images, tta=True))
         for key in ("top1", "top2", "macro_f1"):
             result[f"{key}_tta"] = result["tta"][key]
+        if model.preprocess.network_side < model.preprocess.input_size:
+            result["ten_crop"] = score(split.labels, predict_all(model, split.images, tta="ten-crop"))
+            for key in ("top1", "top2", "macro_f1"):
+                result[f"{key}_ten_crop"] = result["ten_crop"][key]
     if measure_throughput:
         result["throughput"] = throughput(model_dir, split.images[:THROUGHPUT_BATCH])
+        if result.get("ten_crop"):
+            result["throughput_ten_crop"] = throughput(model_dir, split.images[:THROUGHPUT_BATCH], tta="ten-crop")
     return result
 
 
 def metrics_summary(result: dict) -> dict:
     """The numbers stored in metadata.json for one split (no matrices)."""
-    keys = ("n", "top1", "top2", "macro_f1", "top1_tta", "top2_tta", "macro_f1_tta")
+    keys = ("n", "top1", "top2", "macro_f1", "top1_tta", "top2_tta", "macro_f1_tta",
+            "top1_ten_crop", "top2_ten_crop", "macro_f1_ten_crop")
     summary = {k: (round(result[k], 5) if isinstance(result[k], float) else result[k]) for k in keys if k in result}
     if result.get("throughput"):
         summary["faces_per_s"] = result["throughput"]["faces_per_s"]
+    if result.get("throughput_ten_crop"):
+        summary["faces_per_s_ten_crop"] = result["throughput_ten_crop"]["faces_per_s"]
     return summary
 
 
@@ -162,13 +177,22 @@ def confusion_png(confusion: list[list[int]], path: Path, title: str = "") -> Pa
 
 
 def markdown_summary(results_by_split: dict[str, dict]) -> str:
-    lines = ["| split | n | top-1 | top-2 | macro F1 | top-1 (flip TTA) | top-2 (flip TTA) | macro F1 (flip TTA) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ten_crop = any("top1_ten_crop" in r for r in results_by_split.values())
+    header = "| split | n | top-1 | top-2 | macro F1 | top-1 (flip TTA) | top-2 (flip TTA) | macro F1 (flip TTA) |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    if ten_crop:
+        header += " top-1 (ten-crop) | top-2 (ten-crop) | macro F1 (ten-crop) |"
+        rule += "---:|---:|---:|"
+    lines = [header, rule]
+
+    def cells(r: dict, suffix: str) -> str:
+        accuracy = [f"{r[k + suffix]:.2%}" if k + suffix in r else "–" for k in ("top1", "top2")]
+        f1 = f"{r['macro_f1' + suffix]:.3f}" if "macro_f1" + suffix in r else "–"
+        return f"{accuracy[0]} | {accuracy[1]} | {f1} |"
+
     for name, r in results_by_split.items():
-        tta = [f"{r[k]:.2%}" if k in r else "–" for k in ("top1_tta", "top2_tta")]
-        tta_f1 = f"{r['macro_f1_tta']:.3f}" if "macro_f1_tta" in r else "–"
-        lines.append(f"| {name} | {r['n']} | {r['top1']:.2%} | {r['top2']:.2%} | {r['macro_f1']:.3f} | "
-                     f"{tta[0]} | {tta[1]} | {tta_f1} |")
+        line = f"| {name} | {r['n']} | {cells(r, '')} {cells(r, '_tta')}"
+        lines.append(line + (f" {cells(r, '_ten_crop')}" if ten_crop else ""))
     return "\n".join(lines)
 
 
@@ -190,6 +214,8 @@ def training_section(meta: dict) -> list[str]:
     """How the model was trained: the command, the full config and the time, from its metadata."""
     from shared.training import train_command
 
+    if meta.get("campaign"):
+        return campaign_section(meta)
     config = meta.get("train_config")
     if not config:
         return []
@@ -201,6 +227,22 @@ def training_section(meta: dict) -> list[str]:
     seconds = meta.get("training_seconds")
     lines += [f"Training time: {seconds:.0f} s." if seconds else "Training time: not recorded for this run.", "",
               "Full configuration:", "", "```json", json.dumps(config, indent=2), "```", ""]
+    return lines
+
+
+def campaign_section(meta: dict) -> list[str]:
+    """A campaign's sittings (each stretch of epochs, its command and wall time) and its recipe."""
+    campaign = meta["campaign"]
+    lines = ["## Training", "",
+             f"Campaign `{campaign['name']}` (state in `{campaign['run_dir']}`): {campaign['epochs_done']} of "
+             f"{campaign['total_epochs']} epochs trained; this model is its best epoch on PublicTest, "
+             f"epoch {campaign['best_epoch']}.", "", "![learning curve](curve.png)", "",
+             "| epochs | command | wall time | machine |", "|---|---|---:|---|"]
+    for stretch in campaign.get("stretches", []):
+        if stretch["last_epoch"] >= stretch["first_epoch"]:
+            lines.append(f"| {stretch['first_epoch']}–{stretch['last_epoch']} | `{stretch['command']}` | "
+                         f"{stretch['wall_s'] / 60:.0f} min | {stretch['machine']} |")
+    lines += ["", "Recipe:", "", "```json", json.dumps(meta.get("train_config"), indent=2), "```", ""]
     return lines
 
 
@@ -222,15 +264,20 @@ def write_report(model_dir: Path, results_by_split: dict[str, dict]) -> Path:
               "## Summary", "", markdown_summary(results_by_split), ""]
     speeds = {name: r["throughput"] for name, r in results_by_split.items() if r.get("throughput")}
     if speeds:
-        speed = next(iter(speeds.values()))
+        name, speed = next(iter(speeds.items()))
+        tencrop = results_by_split[name].get("throughput_ten_crop")
         lines += [f"Throughput: {speed['faces_per_s']:.0f} faces/s (one thread, batch {speed['batch']}, "
-                  f"median of {speed['repeats']} repeats).", ""]
+                  f"median of {speed['repeats']} repeats)"
+                  + (f"; with ten-crop TTA {tencrop['faces_per_s']:.0f} faces/s." if tencrop else "."), ""]
     for name, r in results_by_split.items():
         png = confusion_png(r["confusion"], model_dir / f"confusion_{name}.png", f"{meta.get('version', '')} {name}")
         lines += [f"## {name}", "", markdown_per_class(r), "", "Confusion matrix (counts, no TTA):", "",
                   markdown_confusion(r["confusion"]), "", f"![confusion matrix {name}]({png.name})", ""]
         if r.get("tta"):
             lines += ["With flip TTA:", "", markdown_per_class(r["tta"]), ""]
+        if r.get("ten_crop"):
+            lines += ["With ten-crop TTA:", "", markdown_per_class(r["ten_crop"]), "",
+                      "Confusion matrix with ten-crop TTA:", "", markdown_confusion(r["ten_crop"]["confusion"]), ""]
     lines += training_section(meta)
     path = model_dir / "report.md"
     path.write_text("\n".join(lines))

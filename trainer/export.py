@@ -73,8 +73,11 @@ def to_tflite(model) -> bytes:
 
 def export_model(keras_model_or_path, out_dir: Path, *, version: str, architecture: str, metrics: dict,
                  data_fingerprint: str | None, training_seconds: float | None, train_config: dict,
-                 preprocess: Preprocess | None = None) -> Path:
-    """Write model.keras, model.tflite and metadata.json into `out_dir` (created) and return it."""
+                 preprocess: Preprocess | None = None, keep_keras: bool = True) -> Path:
+    """Write model.keras, model.tflite and metadata.json into `out_dir` (created) and return it.
+
+    `keep_keras=False` leaves out model.keras (a campaign keeps its own float16 weights to fine-tune from).
+    """
     model = _load_keras(keras_model_or_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +86,8 @@ def export_model(keras_model_or_path, out_dir: Path, *, version: str, architectu
     if int(model.output_shape[-1]) != len(EMOTIONS):
         raise ExportError(f"model has {model.output_shape[-1]} outputs, expected {len(EMOTIONS)}")
 
-    model.save(out_dir / KERAS_FILE)
+    if keep_keras:
+        model.save(out_dir / KERAS_FILE)
     tflite_path = out_dir / MODEL_FILE
     tmp = tflite_path.with_suffix(".tflite.tmp")
     tmp.write_bytes(to_tflite(model))
@@ -138,10 +142,15 @@ def check_roundtrip(model_dir: Path, keras_model_or_path=None, images: np.ndarra
     """
     model_dir = Path(model_dir)
     model = _load_keras(keras_model_or_path if keras_model_or_path is not None else model_dir / KERAS_FILE)
+    served = EmotionModel(model_dir)
+    size = served.preprocess.input_size
     if images is None:
-        images = np.random.default_rng(0).integers(0, 256, (32, 48, 48), dtype=np.uint8)
-    expected = np.asarray(model.predict(images.astype(np.float32)[..., None], verbose=0))
-    actual = EmotionModel(model_dir).predict(images)
+        images = np.random.default_rng(0).integers(0, 256, (32, size, size), dtype=np.uint8)
+    side = served.preprocess.network_side
+    offset = (images.shape[1] - side) // 2  # Keras sees what the runtime feeds the graph
+    window = images[:, offset:offset + side, offset:offset + side]
+    expected = np.asarray(model.predict(window.astype(np.float32)[..., None], verbose=0))
+    actual = served.predict(images)
     difference = float(np.max(np.abs(expected - actual)))
     if difference > atol:
         raise ExportError(f"{model_dir}: LiteRT predictions differ from Keras by {difference:.2e} (> {atol:.0e})")

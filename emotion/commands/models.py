@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from shared.registry import ROLES
 
-def _registry(required_redis: bool):
+
+def _registry(required_redis: bool, role: str = "fast"):
     from shared.bootstrap import redis_from, registry_from
     from shared.redis_conn import RedisUnavailable
     from shared.settings import Settings
@@ -18,7 +20,7 @@ def _registry(required_redis: bool):
         if required_redis:
             raise
         client = None  # listing still works from the registry directory and its CURRENT file
-    return registry_from(settings, client)
+    return registry_from(settings, client, role)
 
 
 def cmd_list(args) -> int:
@@ -47,7 +49,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    registry = _registry(required_redis=True)
+    registry = _registry(required_redis=True, role=args.role)
     previous = registry.current_version()
     registry.promote(args.version)
     print(f"promoted {args.version}" + (f" (previous: {previous})" if previous else ""))
@@ -55,9 +57,30 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    registry = _registry(required_redis=True)
+    registry = _registry(required_redis=True, role=args.role)
     version = registry.rollback()
     print(f"rolled back to {version}")
+    return 0
+
+
+def cmd_ship(args) -> int:
+    """Export a training campaign's best epoch as a model directory (and optionally register/promote it)."""
+    from pathlib import Path
+
+    from trainer.ship import ship_campaign
+
+    out = ship_campaign(Path(args.run_dir), Path(args.to), version=args.version, require_face=args.require_face)
+    from shared.model_runtime import read_metadata
+
+    meta = read_metadata(out)
+    summary = {"version": meta.version, "model_dir": str(out), "metrics": meta.metrics}
+    if args.register:
+        registry = _registry(required_redis=args.promote, role=args.role)
+        summary["registered"] = registry.register(out)
+        if args.promote:
+            registry.promote(meta.version)
+            summary["promoted"] = args.role
+    print(json.dumps(summary))
     return 0
 
 
@@ -67,8 +90,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = actions.add_parser("list", help="registered versions, the current one starred")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_list)
-    q = actions.add_parser("promote", help="make VERSION the model every classifier serves")
+    q = actions.add_parser("promote", help="make VERSION the current model of a role (fast: the live classifiers)")
     q.add_argument("version")
+    q.add_argument("--role", choices=ROLES, default="fast", help="model role (default fast)")
     q.set_defaults(func=cmd_promote)
-    q = actions.add_parser("rollback", help="return to the previously current version")
+    q = actions.add_parser("rollback", help="return a role to its previously current version")
+    q.add_argument("--role", choices=ROLES, default="fast", help="model role (default fast)")
     q.set_defaults(func=cmd_rollback)
+    q = actions.add_parser("ship", help="export a training campaign's best epoch as an evaluated model directory")
+    q.add_argument("run_dir", help="campaign directory, e.g. models/accurate-v1")
+    q.add_argument("--to", required=True, help="model directory to write, e.g. models/accurate")
+    q.add_argument("--version", default=None, help="version name (default <campaign>-e<best epoch>)")
+    q.add_argument("--require-face", action="store_true",
+                   help="also score the face-filtered PublicTest (images where the detector finds a face)")
+    q.add_argument("--register", action="store_true", help="copy it into the registry")
+    q.add_argument("--promote", action="store_true", help="with --register: make it current for --role")
+    q.add_argument("--role", choices=ROLES, default="accurate", help="role to promote it for (default accurate)")
+    q.set_defaults(func=cmd_ship)

@@ -156,15 +156,33 @@ def _pick_split(path: Path, name: str | None):
                     "(choose with --split)")
 
 
-def cmd_evaluate(args) -> int:
+def resolve_evaluated_model(settings, name: str | None) -> Path:
+    """`--model`: a role (fast, accurate), a model directory, or a registry version (default: the fast role)."""
     from shared.bootstrap import registry_from
-    from trainer.evaluate import evaluate, markdown_per_class, markdown_summary, resolve_model_dir
+    from shared.registry import ROLES
+    from trainer.evaluate import resolve_model_dir
+
+    if name is None or name in ROLES:
+        client = _connect(settings, False, 1.0)
+        return registry_from(settings, client, name or "fast").current_dir()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    return resolve_model_dir(name, registry_from(settings, _connect(settings, False, 1.0)))
+
+
+def cmd_evaluate(args) -> int:
+    from trainer.evaluate import evaluate, markdown_per_class, markdown_summary
 
     settings = _settings()
-    model_path = Path(args.model).expanduser() if args.model else None
-    registry = registry_from(settings, None if model_path and model_path.is_dir() else _connect(settings, False, 1.0))
-    model_dir = resolve_model_dir(model_path, registry) if model_path else registry.current_dir()
+    model_dir = resolve_evaluated_model(settings, args.model)
     split = _pick_split(Path(args.data).expanduser(), args.split)
+    if args.require_face:
+        from trainer.cleaning import drop_faceless
+
+        name = split.name
+        split = drop_faceless(split)
+        split.name = f"{name}-faces"
     result = evaluate(model_dir, split, tta=not args.no_tta)
     if args.json:
         print(json.dumps(result))
@@ -172,10 +190,12 @@ def cmd_evaluate(args) -> int:
     print(f"model {result['model_version']} ({model_dir}) on {split.name}:")
     print(markdown_summary({split.name: result}))
     print()
-    print(markdown_per_class(result["tta"] if result.get("tta") else result)
-          + ("\n(per class: with flip TTA)" if result.get("tta") else ""))
+    best = result.get("ten_crop") or result.get("tta") or result
+    label = "ten-crop TTA" if result.get("ten_crop") else "flip TTA" if result.get("tta") else ""
+    print(markdown_per_class(best) + (f"\n(per class: with {label})" if label else ""))
     if result.get("throughput"):
-        print(f"\nthroughput: {result['throughput']['faces_per_s']:.0f} faces/s (1 thread, batch 64)")
+        print(f"\nthroughput: {result['throughput']['faces_per_s']:.0f} faces/s "
+              f"(1 thread, batch {result['throughput']['batch']})")
     return 0
 
 
@@ -245,11 +265,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("evaluate", help="score an exported model on a dataset split (LiteRT, as served)")
-    p.add_argument("--model", default=None, help="registry version or model directory (default: the current model)")
+    p.add_argument("--model", default=None,
+                   help="fast or accurate (that role's current model), a registry version or a model directory "
+                        "(default: fast)")
     p.add_argument("--data", required=True, help="dataset: .npz, folder of .npz, fer2013.csv or image folders")
     p.add_argument("--split", default=None, help="Training, PublicTest or PrivateTest (default PublicTest)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-tta", action="store_true", help="skip the flip test-time-augmentation scores")
+    p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation scores")
+    p.add_argument("--require-face", action="store_true",
+                   help="score only images where the face detector finds a face (the original project's protocol)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("job", help="status or cancellation of a queued training job")

@@ -37,7 +37,7 @@ def model_follower(registry: ModelRegistry, threads: int, serving: str) -> Calla
 
 def build_worker(settings: Settings, client, consumer: str | None = None) -> StreamWorker:
     keys = Keys(settings.prefix)
-    registry = registry_from(settings, client)
+    registry = registry_from(settings, client, settings.classifier.model_role)
     model_dir = registry.current_dir()
     model = EmotionModel(model_dir, settings.classifier.threads)
     processor = ClassifierProcessor(model, keys, RedisTrackStore(client, keys), tau_ms=settings.classifier.smoothing_tau_ms,

@@ -1,0 +1,65 @@
+"""Turn a campaign's best weights into a servable model directory, evaluated and reported.
+
+The exported LiteRT graph takes the network's own input side (the central window of the 48-px crop
+for networks trained on random crops); the metadata says so (`Preprocess.network_size`) and the
+runtime crops accordingly, so every serving path (plain, flip, ten-crop) uses the one graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from shared.model_runtime import Preprocess, read_metadata
+from shared.settings import REPO_ROOT
+from trainer.campaign import build_model, load_splits, load_weights
+from trainer.curves import draw_curve
+from trainer.export import check_roundtrip, export_model, update_metadata
+from trainer.recipes import BEST_FILE, CURVE_FILE, CampaignState
+
+log = logging.getLogger(__name__)
+
+FRAMING_SOURCE = REPO_ROOT / "models" / "default"  # FER-2013 framing, shared by every FER-trained model
+
+
+def campaign_preprocess(state: CampaignState, framing_from: Path = FRAMING_SOURCE) -> Preprocess:
+    """The crop every FER-trained model expects (taken from the shipped model), with this network's window."""
+    base = read_metadata(framing_from).preprocess if (Path(framing_from) / "metadata.json").exists() else Preprocess()
+    return base.model_copy(update={"input_size": 48, "network_size": state.recipe.input_size})
+
+
+def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, require_face: bool = False) -> Path:
+    """Export `run_dir`'s best weights to `out_dir` and write its metrics, report and learning curve."""
+    from trainer.evaluate import evaluate, metrics_summary, write_report
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    state = CampaignState.read(run_dir)
+    if state.best_epoch is None:
+        raise FileNotFoundError(f"{run_dir}: the campaign has not finished an epoch yet")
+    version = version or f"{state.name}-e{state.best_epoch}"
+    model = build_model(state.recipe)
+    load_weights(model, run_dir / BEST_FILE)
+    training_seconds = sum(r.seconds for r in state.history)
+    export_model(model, out_dir, version=version, architecture=state.recipe.architecture, metrics={},
+                 data_fingerprint=state.data_fingerprint, training_seconds=training_seconds,
+                 train_config=state.recipe.model_dump(mode="json"), preprocess=campaign_preprocess(state),
+                 keep_keras=False)
+    difference = check_roundtrip(out_dir, model)
+
+    _, public = load_splits(state.data, state.recipe, state.ferplus)
+    results = {"PublicTest": evaluate(out_dir, public, tta=True)}
+    if require_face:
+        from trainer.cleaning import drop_faceless
+
+        filtered = drop_faceless(public)
+        filtered.name = "PublicTest-faces"  # the original project's protocol: images where a face is found
+        results[filtered.name] = evaluate(out_dir, filtered, tta=True, measure_throughput=False)
+    campaign = {"name": state.name, "run_dir": str(run_dir), "epochs_done": state.epochs_done,
+                "total_epochs": state.recipe.total_epochs, "best_epoch": state.best_epoch,
+                "stretches": [s.model_dump() for s in state.stretches]}
+    update_metadata(out_dir, metrics={name: metrics_summary(r) for name, r in results.items()},
+                    roundtrip_max_diff=difference, campaign=campaign)
+    draw_curve(state, out_dir / CURVE_FILE)
+    write_report(out_dir, results)
+    log.info("shipped %s (epoch %d of %s) to %s", version, state.best_epoch, state.name, out_dir)
+    return out_dir
