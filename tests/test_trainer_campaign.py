@@ -190,3 +190,13 @@ def test_resume_of_a_missing_campaign_is_one_clear_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("emotion train: error:")
     assert "not a training campaign directory" in done.stderr
+
+
+def test_checkpoint_every_saves_every_nth_epoch_and_every_cycle_end(tmp_path, tiny_data):
+    from trainer.campaign import start_campaign, train_epochs
+
+    run = tmp_path / "sparse-v1"
+    start_campaign(run, TINY.model_copy(update={"cycles": [3, 2], "checkpoint_every": 2}), tiny_data)
+    state = train_epochs(run)
+    assert [r.epoch for r in state.history] == [2, 3, 4, 5]  # 2 and 4 by the interval, 3 and 5 end cycles
+    assert state.epochs_done == 5 and state.finished

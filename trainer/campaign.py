@@ -169,11 +169,14 @@ def distillation_loss(teacher_probabilities: tf.Tensor, student_probabilities: t
     return -tf.reduce_mean(tf.reduce_sum(soft_teacher * log_student, axis=1)) * temperature ** 2
 
 
-def make_train_step(model: keras.Model, optimizer, recipe: Recipe, teacher: keras.Model | None):
+def make_train_step(model: keras.Model, optimizer, recipe: Recipe, teacher: keras.Model | None,
+                    totals: tf.Variable):
+    """One optimisation step; it adds (loss, accuracy, 1) to `totals` on the device instead of returning
+    them, so nothing waits for the host between steps (on a GPU each read would be a synchronisation)."""
     label_loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
     temperature = recipe.temperature
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=bool(tf.config.list_physical_devices("GPU")))
     def step(x, y):
         with tf.GradientTape() as tape:
             probabilities = model(x, training=True)
@@ -185,7 +188,7 @@ def make_train_step(model: keras.Model, optimizer, recipe: Recipe, teacher: kera
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply(gradients, model.trainable_variables)
         hits = tf.cast(tf.equal(tf.argmax(probabilities, 1), tf.argmax(y, 1)), tf.float32)
-        return loss, tf.reduce_mean(hits)
+        totals.assign_add(tf.stack([tf.cast(loss, tf.float32), tf.reduce_mean(hits), 1.0]))
 
     return step
 
@@ -215,26 +218,32 @@ def train_epochs(run_dir: Path, *, max_epochs: int | None = None, stop_after_s: 
         raise CampaignError(f"{run_dir}: {state.epochs_done} epochs recorded but no {WEIGHTS_FILE}")
     teacher = load_teacher(run_dir, state)
     optimizer = make_optimizer(recipe)
-    step = make_train_step(model, optimizer, recipe, teacher)
+    totals = tf.Variable(tf.zeros(3), trainable=False)
+    step = make_train_step(model, optimizer, recipe, teacher, totals)
+    checkpoints = set(recipe.cycle_ends())
     steps_per_epoch = int(np.ceil(len(train) / recipe.batch_size))
     last = recipe.total_epochs if max_epochs is None else min(recipe.total_epochs, state.epochs_done + max_epochs)
     sitting_started, first = time.monotonic(), state.epochs_done + 1
     stretch = Stretch(first_epoch=first, last_epoch=state.epochs_done, command=command, wall_s=0.0,
                       machine=f"{platform.machine()} {platform.processor() or ''}".strip())
     state.stretches.append(stretch)
+    epoch, started = state.epochs_done, time.monotonic()
     while state.epochs_done < last:
-        epoch = state.epochs_done
-        started = time.monotonic()
-        losses, accuracies = [], []
         for index, (x, y) in enumerate(training_dataset(train, recipe, epoch)):
             optimizer.learning_rate.assign(recipe.learning_rate(epoch + index / steps_per_epoch))
-            loss, accuracy = step(x, y)
-            losses.append(float(loss))
-            accuracies.append(float(accuracy))
+            step(x, y)
+        epoch += 1
+        # Validation and the saved state come every `checkpoint_every` epochs and at every cycle end
+        # (the snapshots worth keeping); in between, training simply goes on.
+        if epoch % recipe.checkpoint_every and epoch not in checkpoints and epoch < last:
+            continue
+        loss_sum, hit_sum, steps = totals.numpy()
+        totals.assign(tf.zeros(3))
         record = EpochRecord(
-            epoch=epoch + 1, learning_rate=float(optimizer.learning_rate.numpy()), loss=float(np.mean(losses)),
-            accuracy=float(np.mean(accuracies)), **validate(model, val, recipe.input_size),
-            seconds=round(time.monotonic() - started, 1), finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            epoch=epoch, learning_rate=float(optimizer.learning_rate.numpy()), loss=float(loss_sum / steps),
+            accuracy=float(hit_sum / steps), **validate(model, val, recipe.input_size),
+            seconds=round((time.monotonic() - started) / (epoch - state.epochs_done), 1),
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         save_weights(model, run_dir / WEIGHTS_FILE)
         if state.best_val_top1 is None or record.val_top1 > state.best_val_top1:
             save_weights(model, run_dir / BEST_FILE)
@@ -250,6 +259,7 @@ def train_epochs(run_dir: Path, *, max_epochs: int | None = None, stop_after_s: 
             progress(record)
         if stop_after_s is not None and time.monotonic() - sitting_started >= stop_after_s:
             break
+        started = time.monotonic()
     return state
 
 
