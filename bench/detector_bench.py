@@ -1,14 +1,21 @@
-"""Detector: frames per second of `FaceFinder.process` on one core, and detection recall on FER-2013 faces.
+"""Detector: every backend in one run. Frames/s of `FaceFinder.process` on one core, recall and the
+served model's accuracy on FER-2013 faces composed into frames, and id switches of the tracker.
 
 Speed: demo-scene frames (the astronaut portrait, one or two faces) at 640x480, and the same scene
 scaled 1.5x into a 1280x720 frame, JPEG-encoded exactly as capture publishes them; each frame goes
-through `FaceFinder.process` (JPEG decode + Haar detection at the configured detect_width + tracking
-+ crops + FaceMessage building) with `cv2.setNumThreads(1)`.
+through `FaceFinder.process` (JPEG decode + detection at the configured detect_width + tracking +
+aligned crops + FaceMessage building) with one OpenCV thread and one CNN thread.
 
-Recall: FER-2013 PublicTest faces composed two per 640x480 frame the way the `demo:` source does
-(each 48x48 face upscaled to 160x160 with a 40-pixel replicated border); a face counts as found when
-a detected box overlaps its 160x160 square with IoU >= 0.3. Boxes overlapping no face are counted
-as false positives.
+Recall: FER-2013 PublicTest faces composed two per 640x480 frame (`trainer.framing.compose`: each
+48x48 face scaled to 140-180 px, feathered into the demo's face-free backdrop), upright and turned
+±15°; a face is found when a detection overlaps its square with IoU >= 0.3. The served model then
+classifies each found face from the crop the detector service would publish (detect -> align ->
+crop with the model's calibrated framing -> classify), and its top-1 is compared with its top-1 on
+the original 48x48 crops of the same faces.
+
+Tracking: `tracking_scene` renders four real faces (the astronaut portrait, two of them mirrored)
+moving on straight lines that cross, with the later face hiding the earlier one; detections are
+matched to the true faces by IoU and every change of a true face's track id is an id switch.
 """
 
 from __future__ import annotations
@@ -19,15 +26,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.common import FER_PUBLICTEST, format_table, load_fer, median, serving_preprocess
-from shared.faces import iou, make_detector
-from shared.model_runtime import ModelError, Preprocess
-from shared.schemas import FrameMessage
+from bench.common import FER_PUBLICTEST, format_table, load_fer, median, serving_model_dir
+from shared.faces import BACKENDS, make_detector
+from shared.model_runtime import EmotionModel, ModelError, Preprocess, crop_face, read_metadata
+from shared.schemas import BBox, FrameMessage
 from shared.settings import Settings
 
 RESOLUTIONS = ((640, 480), (1280, 720))
-FACE_SIDE, FACE_BORDER = 160, 40
-FER_SLOTS = ((40, 120), (360, 120))  # where FerDemo pastes its two faces (top-left of the bordered face)
+ANGLES = (0.0, 15.0, -15.0)
 IOU_FOUND = 0.3
 
 
@@ -54,8 +60,8 @@ def _frames(width: int, height: int, count: int) -> list[np.ndarray]:
     return frames
 
 
-def _messages(frames: list[np.ndarray], camera_id: str, quality: int) -> list[FrameMessage]:
-    now = int(time.time() * 1000)
+def _messages(frames: list[np.ndarray], camera_id: str, quality: int, start_ms: int | None = None) -> list[FrameMessage]:
+    now = start_ms or int(time.time() * 1000)
     messages = []
     for index, frame in enumerate(frames):
         ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -70,10 +76,7 @@ def _messages(frames: list[np.ndarray], camera_id: str, quality: int) -> list[Fr
 def _finder(settings: Settings, preprocess: Preprocess):
     from services.detector.service import FaceFinder
 
-    d = settings.detector
-    detector = make_detector(d.backend, detect_width=d.detect_width, min_face=d.min_face,
-                             scale_factor=d.scale_factor, min_neighbors=d.min_neighbors)
-    return FaceFinder(detector, d, preprocess)
+    return FaceFinder(make_detector(settings.detector), settings.detector, preprocess)
 
 
 def _speed(settings: Settings, preprocess: Preprocess, width: int, height: int, frames: int, repeats: int) -> dict:
@@ -92,32 +95,124 @@ def _speed(settings: Settings, preprocess: Preprocess, width: int, height: int, 
             "runs_frames_per_s": [round(frames / s, 1) for s in seconds], "faces_per_frame": round(faces / frames, 2)}
 
 
-def _recall(settings: Settings, preprocess: Preprocess, images: np.ndarray) -> dict:
-    from services.capture.demo import _background, _paste
+def _recall(settings: Settings, model: EmotionModel | None, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Recall and serving-path top-1 for upright and turned faces (see the module docstring)."""
+    from trainer.framing import compose, match
 
-    background = _background(np.random.default_rng(0))
-    finder = _finder(settings, preprocess)
-    found = false_positives = frames = 0
-    started = time.perf_counter()
-    quality = settings.capture.jpeg_quality
-    for start in range(0, len(images), len(FER_SLOTS)):
-        group = images[start:start + len(FER_SLOTS)]
-        canvas = background.copy()
-        truths = []
-        for image, (x, y) in zip(group, FER_SLOTS):
-            face = cv2.resize(image, (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_CUBIC)
-            face = cv2.copyMakeBorder(face, FACE_BORDER, FACE_BORDER, FACE_BORDER, FACE_BORDER, cv2.BORDER_REPLICATE)
-            _paste(canvas, cv2.cvtColor(face, cv2.COLOR_GRAY2BGR), x, y)
-            truths.append((x + FACE_BORDER, y + FACE_BORDER, FACE_SIDE, FACE_SIDE))
-        message = _messages([canvas], "recall", quality)[0].model_copy(update={"frame_id": frames})
-        boxes = [(f.bbox.x, f.bbox.y, f.bbox.w, f.bbox.h) for f in finder.process([message]).faces]
-        frames += 1
-        found += sum(1 for truth in truths if any(iou(truth, box) >= IOU_FOUND for box in boxes))
-        false_positives += sum(1 for box in boxes if all(iou(truth, box) < IOU_FOUND for truth in truths))
-    return {"faces": int(len(images)), "frames": frames, "found": found,
-            "recall": round(found / len(images), 4) if len(images) else None,
-            "false_positives": false_positives, "iou_threshold": IOU_FOUND,
+    detector = make_detector(settings.detector)
+    preprocess = model.preprocess if model else Preprocess()
+    original = model.predict(images).argmax(axis=1) == labels if model else None
+    rows, started = [], time.perf_counter()
+    for angle in ANGLES:
+        found, false_positives, correct, indices = 0, 0, 0, []
+        for frame_index, composed in enumerate(compose(images, seed=1, angle_deg=angle)):
+            detections = detector.detect(composed.frame)
+            matched = [match(truth, detections) for truth in composed.truths]
+            false_positives += sum(1 for d in detections if all(d is not m for m in matched))
+            for slot, detection in enumerate(matched):
+                if detection is None:
+                    continue
+                found += 1
+                index = 2 * frame_index + slot
+                indices.append(index)
+                if model is not None:
+                    crop = crop_face(composed.frame, detection.box, preprocess, landmarks=detection.landmarks,
+                                     backend=detector.name)
+                    correct += int(model.predict(crop[None]).argmax() == labels[index])
+        row = {"angle": angle, "faces": int(len(images)), "found": found, "recall": round(found / len(images), 4),
+               "false_positives": false_positives}
+        if model is not None and found:
+            row["top1_serving"] = round(correct / found, 4)
+            row["top1_original_same_faces"] = round(float(original[indices].mean()), 4)
+            row["top1_delta_points"] = round(100 * (row["top1_serving"] - row["top1_original_same_faces"]), 2)
+        rows.append(row)
+    upright = rows[0]
+    total = sum(r["found"] for r in rows)
+    return {"faces": int(len(images)), "recall": upright["recall"], "found": upright["found"],
+            "false_positives": upright["false_positives"],
+            "recall_all_angles": round(total / (len(images) * len(ANGLES)), 4),
+            "top1_original": round(float(original.mean()), 4) if model else None,
+            "framing": detector.name in preprocess.framing, "iou_threshold": IOU_FOUND, "by_angle": rows,
             "seconds": round(time.perf_counter() - started, 1)}
+
+
+# --- tracking ---------------------------------------------------------------------------------------
+
+def tracking_scene(frames: int = 150, fps: float = 15.0) -> tuple[list[np.ndarray], list[list[BBox | None]]]:
+    """Four faces on straight lines that cross (x and y both); returns BGR frames and, per frame,
+    each face's true box (None when another face hides most of it)."""
+    from services.capture.demo import HEIGHT, WIDTH, _PORTRAIT_CROP, _background
+    from skimage import data as skdata
+
+    portrait = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
+    x, y, w, h = _PORTRAIT_CROP
+    head = portrait[y:y + h, x:x + w]
+    scale = 0.55
+    head = cv2.resize(head, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    heads = [head, cv2.flip(head, 1), head, cv2.flip(head, 1)]
+    # The face box inside the pasted head (from the demo's measured portrait geometry).
+    fx, fy, fs = (176 - x) * scale, (65 - y) * scale, 98 * scale
+    hh, hw = head.shape[:2]
+    # start (x, y) and velocity (px/frame): pairs cross mid-frame, left-right and top-bottom.
+    paths = [((10, 60), (3.2, 0.6)), ((WIDTH - hw - 10, 90), (-3.2, 0.3)),
+             ((WIDTH // 2 - hw // 2, 0), (0.4, 1.8)), ((60, HEIGHT - hh), (2.2, -1.6))]
+    background = _background(np.random.default_rng(3))
+    out_frames, truths = [], []
+    for t in range(frames):
+        canvas = background.copy()
+        boxes: list[BBox | None] = []
+        for (sx, sy), (vx, vy) in paths:
+            px, py = _bounce(sx + vx * t, WIDTH - hw), _bounce(sy + vy * t, HEIGHT - hh)
+            boxes.append(BBox(x=int(px + fx), y=int(py + fy), w=int(fs), h=int(fs)))
+        for index, ((head_image), box) in enumerate(zip(heads, boxes)):
+            px, py = int(box.x - fx), int(box.y - fy)
+            canvas[py:py + hh, px:px + hw] = head_image
+        visible = []
+        for index, box in enumerate(boxes):
+            hidden = any(_covered(box, later) > 0.5 for later in boxes[index + 1:])
+            visible.append(None if hidden else box)
+        out_frames.append(canvas)
+        truths.append(visible)
+    return out_frames, truths
+
+
+def _bounce(position: float, limit: float) -> float:
+    period = 2 * limit
+    p = position % period
+    return p if p <= limit else period - p
+
+
+def _covered(box: BBox, other: BBox) -> float:
+    ix = max(0, min(box.x + box.w, other.x + other.w) - max(box.x, other.x))
+    iy = max(0, min(box.y + box.h, other.y + other.h) - max(box.y, other.y))
+    return ix * iy / (box.w * box.h)
+
+
+def _tracking(settings: Settings, preprocess: Preprocess) -> dict:
+    frames, truths = tracking_scene()
+    finder = _finder(settings, preprocess)
+    messages = _messages(frames, "track", settings.capture.jpeg_quality, start_ms=1_000_000)
+    last_id: dict[int, int] = {}
+    switches = matched = visible = 0
+    for message, truth in zip(messages, truths):
+        faces = finder.process([message]).faces
+        for face_index, box in enumerate(truth):
+            if box is None:
+                continue
+            visible += 1
+            best = max(faces, key=lambda f: f.bbox.iou(box), default=None)
+            if best is None or best.bbox.iou(box) < IOU_FOUND:
+                continue
+            matched += 1
+            if face_index in last_id and last_id[face_index] != best.track_id:
+                switches += 1
+            last_id[face_index] = best.track_id
+    return {"frames": len(frames), "faces": len(truths[0]), "visible_faces": visible, "matched": matched,
+            "id_switches": switches}
+
+
+def _backend_settings(settings: Settings, backend: str) -> Settings:
+    return settings.model_copy(update={"detector": settings.detector.model_copy(update={"backend": backend})})
 
 
 def run_detector_bench(settings: Settings, *, frames: int = 60, repeats: int = 3, recall_faces: int = 600,
@@ -126,43 +221,71 @@ def run_detector_bench(settings: Settings, *, frames: int = 60, repeats: int = 3
     cv2.setNumThreads(1)
     try:
         try:
-            preprocess = serving_preprocess(settings, None)
+            model: EmotionModel | None = EmotionModel(serving_model_dir(settings, None))
+            preprocess = model.preprocess
         except ModelError:
-            preprocess = Preprocess()  # detection speed does not depend on the model; crops use the defaults
-        speed = [_speed(settings, preprocess, w, h, frames, repeats) for w, h in RESOLUTIONS]
-        recall: dict = {"skipped": "recall_faces is 0"}
-        fer_path = fer_path or FER_PUBLICTEST
-        if recall_faces:
-            fer = load_fer(fer_path)
-            if fer is None:
-                recall = {"skipped": f"FER-2013 archive not found at {fer_path}"}
+            model, preprocess = None, Preprocess()  # speed does not depend on the model; crops use the defaults
+        fer = load_fer(fer_path or FER_PUBLICTEST) if recall_faces else None
+        if fer is not None:
+            order = np.random.default_rng(0).permutation(len(fer[0]))[:recall_faces]
+        backends = []
+        for name in BACKENDS:
+            chosen = _backend_settings(settings, name)
+            if make_detector(chosen.detector).name != name:
+                backends.append({"backend": name, "skipped": "not installed on this platform"})
+                continue
+            speed = [_speed(chosen, preprocess, w, h, frames, repeats) for w, h in RESOLUTIONS]
+            if not recall_faces:
+                recall: dict = {"skipped": "recall_faces is 0"}
+            elif fer is None:
+                recall = {"skipped": f"FER-2013 archive not found at {fer_path or FER_PUBLICTEST}"}
             else:
-                order = np.random.default_rng(0).permutation(len(fer[0]))[:recall_faces]
-                recall = _recall(settings, preprocess, fer[0][order])
+                recall = _recall(chosen, model, fer[0][order], fer[1][order])
+            by_res = {row["resolution"]: row for row in speed}
+            backends.append({"backend": name, "frames_per_s_640x480": by_res["640x480"]["frames_per_s"],
+                             "frames_per_s_1280x720": by_res["1280x720"]["frames_per_s"], "speed": speed,
+                             "recall": recall.get("recall"), "recall_detail": recall,
+                             "tracking": _tracking(chosen, preprocess)})
     finally:
         cv2.setNumThreads(previous_threads)
-    by_res = {row["resolution"]: row for row in speed}
+    measured = {b["backend"]: b for b in backends if "skipped" not in b}
+    default = measured.get(make_detector(settings.detector).name) or next(iter(measured.values()))
+    haar = measured.get("haar")
+    ratio = {res: round(default[f"frames_per_s_{res}"] / haar[f"frames_per_s_{res}"], 2)
+             for res in ("640x480", "1280x720")} if haar else None
     return {
         "benchmark": "detector",
-        "backend": settings.detector.backend,
+        "backend": default["backend"],
         "detect_width": settings.detector.detect_width,
         "min_face": settings.detector.min_face,
+        "min_confidence": settings.detector.min_confidence,
         "opencv_threads": 1,
-        "frames_per_s_640x480": by_res["640x480"]["frames_per_s"],
-        "frames_per_s_1280x720": by_res["1280x720"]["frames_per_s"],
+        "model": read_metadata(model.directory).version if model else None,
+        "frames_per_s_640x480": default["frames_per_s_640x480"],
+        "frames_per_s_1280x720": default["frames_per_s_1280x720"],
+        "ratio_to_haar": ratio,
+        "target_ratio_to_haar": 2.0,
         "target_frames_per_s_640x480": 30,
-        "recall": recall.get("recall"),
-        "recall_detail": recall,
-        "table": speed,
+        "recall": default["recall"],
+        "recall_detail": default["recall_detail"],
+        "id_switches": default["tracking"]["id_switches"],
+        "backends": backends,
     }
 
 
 def table(result: dict) -> str:
-    rows = [(r["resolution"], r["frames_per_s"], r["ms_per_frame"], r["faces_per_frame"]) for r in result["table"]]
-    head = (f"detector {result['backend']} at detect_width={result['detect_width']}, one OpenCV thread; "
-            f"medians of {result['table'][0]['repeats']} runs")
-    recall = result["recall_detail"]
-    tail = (f"recall on {recall['faces']} FER-2013 PublicTest faces: {recall['recall']:.3f} "
-            f"({recall['found']} found, {recall['false_positives']} false positives)"
-            if "recall" in recall else f"recall: skipped ({recall['skipped']})")
-    return head + "\n" + format_table(("frame", "frames/s", "ms/frame", "faces/frame"), rows) + "\n" + tail
+    rows = []
+    for b in result["backends"]:
+        if "skipped" in b:
+            rows.append((b["backend"], "skipped: " + b["skipped"], "", "", "", "", ""))
+            continue
+        r = b["recall_detail"]
+        upright = r.get("by_angle", [{}])[0]
+        rows.append((b["backend"], b["frames_per_s_640x480"], b["frames_per_s_1280x720"], r.get("recall", "-"),
+                     r.get("recall_all_angles", "-"), upright.get("top1_delta_points", "-"),
+                     b["tracking"]["id_switches"]))
+    head = (f"detectors at detect_width={result['detect_width']}, one thread; frames/s are medians of "
+            f"{result['backends'][0].get('speed', [{}])[0].get('repeats', '?')} runs; ratio of {result['backend']} "
+            f"to haar: {result['ratio_to_haar']}")
+    return head + "\n" + format_table(("backend", "fps 640x480", "fps 1280x720", "recall", "recall ±15°",
+                                       "top-1 Δ pts", "id switches"), rows)

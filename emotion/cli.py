@@ -14,7 +14,7 @@ import sys
 
 from pydantic import ValidationError
 
-COMMAND_MODULES = ("pipeline", "training", "models", "store", "dashboard", "bench")
+COMMAND_MODULES = ("pipeline", "training", "models", "framing", "store", "dashboard", "bench")
 
 
 class UserError(Exception):

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Protocol
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.emotions import EMOTIONS
+from shared.faces import FaceDetector
 from shared.model_runtime import crop_face
+from shared.schemas import BBox
 
 # Images are analysed at no more than this many pixels; bigger ones are decoded at 1/2, 1/4 or 1/8 scale.
 WORK_PIXELS = 4_000_000
@@ -56,21 +57,10 @@ class DecompressionBomb(AnalyzeError):
     status = 422
 
 
-class _Detector(Protocol):
-    def detect(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]: ...
-
-
-class FaceBox(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    x: int = Field(ge=0)
-    y: int = Field(ge=0)
-    w: int = Field(gt=0)
-    h: int = Field(gt=0)
-
-
 class FaceResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    box: FaceBox = Field(description="in pixels of the uploaded image")
+    box: BBox = Field(description="in pixels of the uploaded image")
+    detection_confidence: float | None = Field(None, ge=0, le=1, description="the face detector's score")
     label: str
     confidence: float = Field(ge=0, le=1)
     probabilities: dict[str, float] = Field(description="emotion -> probability, in FER order")
@@ -202,25 +192,32 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     return DecodedImage(image=image, scale=scale, width=width, height=height, format=fmt)
 
 
-def analyze_decoded(decoded: DecodedImage, detector: _Detector, model) -> AnalyzeResult:
-    """Faces and their emotion probabilities in an already decoded image."""
+def analyze_decoded(decoded: DecodedImage, detector: FaceDetector, model) -> AnalyzeResult:
+    """Faces and their emotion probabilities in an already decoded image.
+
+    A photo is searched at its own resolution (`detect_photo`: tiles and a pyramid), not at the live
+    stream's detect width, so the small faces of a group photo are found; `min_face` stays in the
+    upload's pixels.
+    """
     gray = cv2.cvtColor(decoded.image, cv2.COLOR_BGR2GRAY)
-    boxes = detector.detect(gray)
+    found = detector.detect_photo(gray, max(8, detector.settings.min_face // decoded.scale))
     faces: list[FaceResult] = []
-    if boxes:
-        crops = np.stack([crop_face(gray, box, model.preprocess) for box in boxes])
+    if found:
+        crops = np.stack([crop_face(gray, face.box, model.preprocess, landmarks=face.landmarks,
+                                    backend=detector.name) for face in found])
         probabilities = np.asarray(model.predict(crops), dtype=np.float64)
-        for box, row in zip(boxes, probabilities):
-            x, y, w, h = (int(v) * decoded.scale for v in box)
+        s = decoded.scale
+        for face, row in zip(found, probabilities):
+            box = BBox(x=face.box.x * s, y=face.box.y * s, w=face.box.w * s, h=face.box.h * s)
             best = int(np.argmax(row))
-            faces.append(FaceResult(box=FaceBox(x=x, y=y, w=max(1, w), h=max(1, h)), label=EMOTIONS[best],
+            faces.append(FaceResult(box=box, detection_confidence=face.confidence, label=EMOTIONS[best],
                                     confidence=float(min(1.0, max(0.0, row[best]))),
                                     probabilities={e: round(float(p), 6) for e, p in zip(EMOTIONS, row)}))
     return AnalyzeResult(faces=faces, model_version=model.version, width=decoded.width, height=decoded.height,
                          format=decoded.format)
 
 
-def analyze_image(data: bytes, detector: _Detector, model, max_bytes: int, max_pixels: int) -> AnalyzeResult:
+def analyze_image(data: bytes, detector: FaceDetector, model, max_bytes: int, max_pixels: int) -> AnalyzeResult:
     """Decode `data` safely and classify every face in it; raises an AnalyzeError subclass on bad input."""
     return analyze_decoded(decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels), detector, model)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple, Sequence
 
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.emotions import EMOTIONS
+from shared.framing import Framing, Point, Square, square_for, warp_square
 
 MODEL_FILE = "model.tflite"
 KERAS_FILE = "model.keras"  # the trainable model exported beside it (fine-tuning starts from it)
@@ -40,6 +41,10 @@ class Preprocess(BaseModel):
     network_size: int | None = Field(
         None, ge=8, le=256, description="side the network sees: the central network_size pixels of the crop "
                                         "(models trained on random crops); None: the whole crop")
+    framing: dict[str, Framing] = Field(
+        default_factory=dict, description="per detector backend, where the training crop lies relative to its "
+                                          "detection (fitted by `emotion calibrate-framing`); a backend without an "
+                                          "entry gets the square around its box plus `margin`")
 
     @property
     def id(self) -> str:
@@ -87,24 +92,33 @@ def read_metadata(model_dir: Path) -> ModelMetadata:
         raise ModelError(f"{path}: invalid metadata: {exc.errors()[0]['msg']}") from None
 
 
-def crop_face(gray_frame: np.ndarray, box: tuple[int, int, int, int], preprocess: Preprocess) -> np.ndarray:
-    """Cut a square around a detector box (plus margin), resize to the model input, optionally equalise."""
-    x, y, w, h = box
-    side = int(round(max(w, h) * (1 + 2 * preprocess.margin)))
-    cx, cy = x + w / 2, y + h / 2
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    height, width = gray_frame.shape[:2]
-    # Pad by replicating edges so faces at the border keep their geometry instead of being squashed.
-    pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
-    if pad:
-        gray_frame = cv2.copyMakeBorder(gray_frame, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0 = x0 + pad, y0 + pad
-    crop = gray_frame[y0:y0 + side, x0:x0 + side]
-    interpolation = cv2.INTER_AREA if side > preprocess.input_size else cv2.INTER_LINEAR
-    crop = cv2.resize(crop, (preprocess.input_size, preprocess.input_size), interpolation=interpolation)
+def crop_face(gray_frame: np.ndarray, box, preprocess: Preprocess, *, landmarks: Sequence[Point] | None = None,
+              backend: str | None = None) -> np.ndarray:
+    """The model's input for one detected face (a BBox, or an (x, y, w, h) tuple).
+
+    With a calibrated framing for `backend` (and, for a landmark framing, the landmarks), the crop
+    is the square the model was trained on, turned so the eyes are level; otherwise it is the square
+    around the box plus `margin`. Then resized to the model input and optionally equalised.
+    """
+    if not hasattr(box, "w"):
+        x, y, w, h = box
+        box = _Box(x, y, w, h)
+    framing = preprocess.framing.get(backend) if backend else None
+    square = square_for(framing, box, landmarks) if framing else None
+    if square is None:
+        side = max(box.w, box.h) * (1 + 2 * preprocess.margin)
+        square = Square(box.x + (box.w - 1) / 2, box.y + (box.h - 1) / 2, side)
+    crop = warp_square(gray_frame, square, preprocess.input_size)
     if preprocess.equalize_hist:
         crop = cv2.equalizeHist(crop)
     return crop
+
+
+class _Box(NamedTuple):
+    x: float
+    y: float
+    w: float
+    h: float
 
 
 class EmotionModel:

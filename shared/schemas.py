@@ -26,11 +26,23 @@ class MessageError(ValueError):
 
 
 class BBox(BaseModel):
+    """A face box in pixels of its frame: the one box type of the platform (detection, tracking,
+    messages, events, the Analyze API)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     x: int = Field(ge=0)
     y: int = Field(ge=0)
     w: int = Field(gt=0)
     h: int = Field(gt=0)
+
+    @classmethod
+    def from_float(cls, x: float, y: float, w: float, h: float, width: int, height: int) -> "BBox | None":
+        """The box rounded to pixels and clipped to a width x height frame; None when nothing is left."""
+        x0, y0 = max(0, round(x)), max(0, round(y))
+        x1, y1 = min(width, round(x + w)), min(height, round(y + h))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return cls(x=x0, y=y0, w=x1 - x0, h=y1 - y0)
 
     def iou(self, other: "BBox") -> float:
         ix = max(0, min(self.x + self.w, other.x + other.w) - max(self.x, other.x))
@@ -79,6 +91,8 @@ class FaceMessage(_Message):
     faces_in_frame: int = Field(ge=1)
     track_id: int = Field(ge=0)
     bbox: BBox
+    detection_confidence: float | None = Field(None, ge=0, le=1, description="the face detector's score "
+                                                                            "(None: the backend gives none)")
     side: int = Field(gt=0, le=MAX_CROP_SIDE, description="crop is side x side uint8")
     preprocess: str = Field(description="id of the crop preprocessing (from the model's metadata)")
     captured_ms: int = Field(gt=0)
@@ -131,6 +145,7 @@ class EmotionEvent(_Message):
     face_index: int = Field(ge=0)
     track_id: int = Field(ge=0)
     bbox: BBox
+    detection_confidence: float | None = Field(None, ge=0, le=1, description="the face detector's score")
     label: Literal[EMOTIONS]  # type: ignore[valid-type]
     confidence: float = Field(ge=0, le=1)
     probabilities: list[float]

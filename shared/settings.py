@@ -47,12 +47,19 @@ class CaptureSettings(_Section):
 
 
 class DetectorSettings(_Section):
-    backend: str = Field("haar", description="face detector: haar (OpenCV cascade)")
-    detect_width: int = Field(320, ge=80, description="frames are downscaled to this width for detection")
+    backend: Literal["yunet", "haar"] = Field(
+        "yunet", description="face detector: yunet (libfacedetection CNN from the yuface wheel; falls back to haar, "
+                             "with a warning, where that wheel is not installed) or haar (OpenCV cascade)")
+    detect_width: int = Field(320, ge=80, description="live frames are downscaled to this width for detection")
     min_face: int = Field(40, ge=8, description="smallest face side in original-frame pixels")
-    scale_factor: float = Field(1.15, gt=1.0, lt=2.0)
-    min_neighbors: int = Field(5, ge=1)
-    iou_threshold: float = Field(0.3, gt=0, lt=1, description="IoU that continues a track")
+    min_confidence: float = Field(0.5, ge=0, le=1, description="smallest detection confidence kept (yunet; the "
+                                                              "cascade gives no score)")
+    max_faces: int = Field(16, ge=1, le=256, description="faces per live frame: the largest are kept, the rest "
+                                                         "counted as faces_over_limit")
+    threads: int = Field(1, ge=1, le=64, description="threads of the CNN backend")
+    scale_factor: float = Field(1.15, gt=1.0, lt=2.0, description="haar: pyramid step")
+    min_neighbors: int = Field(5, ge=1, description="haar: overlapping hits needed for a face")
+    iou_threshold: float = Field(0.3, gt=0, lt=1, description="IoU with a track's predicted box that continues it")
     track_max_age_ms: int = Field(1500, ge=1, description="a track unseen this long is closed")
 
 

@@ -1,8 +1,9 @@
 """`--require-face`: drop training images in which the face detector finds no face.
 
-The Haar cascade finds nothing on a bare 48x48 crop (the face fills the frame and is below its
-minimum window once borders are counted), so each image is upscaled and given a replicated border
-first, which puts the face at a size and position the cascade was trained on.
+The detector is the configured backend (`EMOTION_DETECTOR__BACKEND`, as for the detector service and
+the Analyze page). Neither backend finds anything on a bare 48x48 crop (the face fills the frame and
+is below their smallest window once borders are counted), so each image is upscaled and given a
+replicated border first, which puts the face at a size and position the detectors were trained on.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import cv2
 import numpy as np
 
 from shared.emotions import EMOTIONS
-from shared.faces import FaceDetector, HaarFaceDetector
+from shared.faces import FaceDetector, make_detector
+from shared.settings import DetectorSettings, Settings
 from trainer.data import Split
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,12 @@ def prepare_for_detection(image: np.ndarray, size: int = UPSCALE_TO, border: int
     return cv2.copyMakeBorder(large, border, border, border, border, cv2.BORDER_REPLICATE)
 
 
-def default_detector() -> HaarFaceDetector:
-    # No downscaling (the canvas is small) and a lenient minimum size: faces fill most of it.
-    return HaarFaceDetector(detect_width=UPSCALE_TO + 2 * BORDER, min_face=48, scale_factor=1.1, min_neighbors=3)
+def default_detector(settings: DetectorSettings | None = None) -> FaceDetector:
+    """The configured backend with no downscaling (the canvas is small) and a lenient minimum size
+    (faces fill most of it)."""
+    settings = settings or Settings().detector
+    return make_detector(settings.model_copy(update={"detect_width": UPSCALE_TO + 2 * BORDER, "min_face": 48,
+                                                     "scale_factor": 1.1, "min_neighbors": 3}))
 
 
 def has_face(images: np.ndarray, detector: FaceDetector | None = None) -> np.ndarray:

@@ -68,7 +68,8 @@ def build_events(faces: list[FaceMessage], probabilities: np.ndarray, model_vers
         events.append(EmotionEvent.model_construct(
             schema_version=1, event_id=face.event_id, camera_id=face.camera_id, session_id=face.session_id,
             frame_id=face.frame_id, face_index=face.face_index, track_id=face.track_id, bbox=face.bbox,
-            label=EMOTIONS[first], confidence=float(row[first]), probabilities=row.tolist(),
+            detection_confidence=face.detection_confidence, label=EMOTIONS[first], confidence=float(row[first]),
+            probabilities=row.tolist(),
             top2=(EMOTIONS[first], EMOTIONS[second]), smoothed=state.probabilities.tolist(),
             smoothed_label=EMOTIONS[int(np.argmax(state.probabilities))], model_version=model_version,
             times=StageTimes.model_construct(captured_ms=face.captured_ms, detected_ms=face.detected_ms,

@@ -107,9 +107,7 @@ class DashboardContext:
             if self._detector is None:
                 from shared.faces import make_detector
 
-                d = self.settings.detector
-                self._detector = make_detector(d.backend, detect_width=d.detect_width, min_face=d.min_face,
-                                               scale_factor=d.scale_factor, min_neighbors=d.min_neighbors)
+                self._detector = make_detector(self.settings.detector)
             return self._detector
 
     def model(self):

@@ -18,10 +18,8 @@ def build_worker(settings: Settings, client, consumer: str | None = None) -> Str
     def current_preprocess() -> Preprocess:
         return read_metadata(registry.current_dir()).preprocess
 
-    d = settings.detector
-    detector = make_detector(d.backend, detect_width=d.detect_width, min_face=d.min_face,
-                             scale_factor=d.scale_factor, min_neighbors=d.min_neighbors)
-    finder = FaceFinder(detector, d, current_preprocess())
+    detector = make_detector(settings.detector)
+    finder = FaceFinder(detector, settings.detector, current_preprocess())
     processor = DetectorProcessor(finder, keys, current_preprocess, settings.classifier.model_check_s)
     return StreamWorker(client, processor, service="detector", stream=keys.frames, group=DETECTOR_GROUP,
                         keys=keys, settings=settings.worker, consumer=consumer)

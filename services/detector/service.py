@@ -1,5 +1,9 @@
 """Detector: frames -> face crops. Decodes JPEGs, finds faces, tracks them per camera, crops them
-with the current model's own preprocessing and publishes one FaceMessage per face.
+with the current model's own preprocessing (its calibrated framing for this detector backend:
+turned so the eyes are level, cut as FER-2013 cut its faces) and publishes one FaceMessage per face.
+
+All tracking state is per camera (`FaceFinder.trackers`), so frames can later be sharded by camera
+across detector replicas without splitting a track.
 
 The faces stream is never trimmed by length: a face that reached it will get its event.
 """
@@ -15,7 +19,7 @@ import numpy as np
 
 from shared.faces import FaceDetector, IoUTracker
 from shared.model_runtime import Preprocess, crop_face
-from shared.schemas import BBox, FaceMessage, FrameMessage, MessageError, encode
+from shared.schemas import FaceMessage, FrameMessage, MessageError, encode
 from shared.settings import DetectorSettings
 from shared.streams import Keys
 from shared.worker import Outbound
@@ -38,6 +42,7 @@ def decode_frame(message: FrameMessage) -> np.ndarray:
 class DetectionResult:
     faces: list[FaceMessage]
     frames_without_faces: int
+    faces_over_limit: int = 0  # found beyond `max_faces` in a frame: counted, not published
 
 
 @dataclass
@@ -53,25 +58,27 @@ class FaceFinder:
         # Decode everything first: a corrupt frame fails the batch before any tracker changes state.
         decoded = [decode_frame(frame) for frame in frames]
         faces: list[FaceMessage] = []
-        empty = 0
+        empty = over = 0
+        backend = self.detector.name
         for frame, gray in zip(frames, decoded):
-            boxes = self.detector.detect(gray)
-            if not boxes:
+            found = self.detector.detect(gray)
+            over += max(0, len(found) - self.settings.max_faces)
+            found = found[:self.settings.max_faces]
+            if not found:
                 empty += 1
             tracker = self.trackers.setdefault(
                 frame.camera_id, IoUTracker(self.settings.iou_threshold, self.settings.track_max_age_ms))
-            track_ids = tracker.update(boxes, frame.captured_ms)
+            track_ids = tracker.update([d.box for d in found], frame.captured_ms)
             detected_ms = now_ms or int(time.time() * 1000)
-            for index, (box, track_id) in enumerate(zip(boxes, track_ids)):
-                crop = crop_face(gray, box, self.preprocess)
-                x, y, w, h = box
+            for index, (face, track_id) in enumerate(zip(found, track_ids)):
+                crop = crop_face(gray, face.box, self.preprocess, landmarks=face.landmarks, backend=backend)
                 faces.append(FaceMessage(
                     camera_id=frame.camera_id, session_id=frame.session_id, frame_id=frame.frame_id,
-                    face_index=index, faces_in_frame=len(boxes), track_id=track_id,
-                    bbox=BBox(x=max(0, x), y=max(0, y), w=w, h=h), side=self.preprocess.input_size,
+                    face_index=index, faces_in_frame=len(found), track_id=track_id, bbox=face.box,
+                    detection_confidence=face.confidence, side=self.preprocess.input_size,
                     preprocess=self.preprocess.id, captured_ms=frame.captured_ms, detected_ms=detected_ms,
                     crop=crop.tobytes()))
-        return DetectionResult(faces, empty)
+        return DetectionResult(faces, empty, over)
 
 
 class DetectorProcessor:
@@ -86,7 +93,8 @@ class DetectorProcessor:
         self.check_every_s = check_every_s
         self._checked = time.monotonic()
         self.no_face_frames = 0
-        self._uncounted = 0
+        self.faces_over_limit = 0
+        self._uncounted = {"frames_without_faces": 0, "faces_over_limit": 0}
 
     def _follow_model(self) -> None:
         if self.preprocess_source is None or time.monotonic() - self._checked < self.check_every_s:
@@ -105,13 +113,17 @@ class DetectorProcessor:
         self._follow_model()
         result = self.finder.process(batch)
         self.no_face_frames += result.frames_without_faces
-        self._uncounted += result.frames_without_faces
+        self.faces_over_limit += result.faces_over_limit
+        self._uncounted["frames_without_faces"] += result.frames_without_faces
+        self._uncounted["faces_over_limit"] += result.faces_over_limit
         return [Outbound(self.keys.faces, encode(face)) for face in result.faces]
 
     def take_counters(self) -> dict[str, int]:
         """Counters the worker adds to the stats hash in the same transaction as the batch's acks."""
-        counters, self._uncounted = {"frames_without_faces": self._uncounted}, 0
+        counters, self._uncounted = self._uncounted, dict.fromkeys(self._uncounted, 0)
         return counters
 
     def heartbeat_info(self) -> dict:
-        return {"frames_without_faces": self.no_face_frames, "preprocess": self.finder.preprocess.id}
+        return {"frames_without_faces": self.no_face_frames, "faces_over_limit": self.faces_over_limit,
+                "backend": self.finder.detector.name, "preprocess": self.finder.preprocess.id,
+                "framing": self.finder.detector.name in self.finder.preprocess.framing}
