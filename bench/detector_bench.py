@@ -15,7 +15,9 @@ the original 48x48 crops of the same faces.
 
 Tracking: `tracking_scene` renders four real faces (the astronaut portrait, two of them mirrored)
 moving on straight lines that cross, with the later face hiding the earlier one; detections are
-matched to the true faces by IoU and every change of a true face's track id is an id switch.
+matched to the true faces by IoU and every change of a true face's track id is an id switch (a
+swap when the new id had been another face's; otherwise a fresh id after the face went undetected
+for longer than `track_max_age_ms`).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def tracking_scene(frames: int = 150, fps: float = 15.0) -> tuple[list[np.ndarra
     portrait = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
     x, y, w, h = _PORTRAIT_CROP
     head = portrait[y:y + h, x:x + w]
-    scale = 0.55
+    scale = 0.65
     head = cv2.resize(head, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     heads = [head, cv2.flip(head, 1), head, cv2.flip(head, 1)]
     # The face box inside the pasted head (from the demo's measured portrait geometry).
@@ -157,20 +159,24 @@ def tracking_scene(frames: int = 150, fps: float = 15.0) -> tuple[list[np.ndarra
     paths = [((10, 60), (3.2, 0.6)), ((WIDTH - hw - 10, 90), (-3.2, 0.3)),
              ((WIDTH // 2 - hw // 2, 0), (0.4, 1.8)), ((60, HEIGHT - hh), (2.2, -1.6))]
     background = _background(np.random.default_rng(3))
+    # Each head is pasted through an elliptical mask, so a head hides only what a head would.
+    mask = np.zeros((hh, hw), np.float32)
+    cv2.ellipse(mask, (hw // 2, hh // 2), (hw // 2 - 2, hh // 2 - 2), 0, 0, 360, 1.0, -1)
+    mask = cv2.GaussianBlur(mask, (0, 0), 3)[..., None]
     out_frames, truths = [], []
     for t in range(frames):
         canvas = background.copy()
-        boxes: list[BBox | None] = []
+        boxes: list[BBox] = []
         for (sx, sy), (vx, vy) in paths:
             px, py = _bounce(sx + vx * t, WIDTH - hw), _bounce(sy + vy * t, HEIGHT - hh)
             boxes.append(BBox(x=int(px + fx), y=int(py + fy), w=int(fs), h=int(fs)))
-        for index, ((head_image), box) in enumerate(zip(heads, boxes)):
+        for head_image, box in zip(heads, boxes):
             px, py = int(box.x - fx), int(box.y - fy)
-            canvas[py:py + hh, px:px + hw] = head_image
-        visible = []
-        for index, box in enumerate(boxes):
-            hidden = any(_covered(box, later) > 0.5 for later in boxes[index + 1:])
-            visible.append(None if hidden else box)
+            region = canvas[py:py + hh, px:px + hw].astype(np.float32)
+            canvas[py:py + hh, px:px + hw] = (mask * head_image + (1 - mask) * region).astype(np.uint8)
+        # A face is hidden when a later (nearer) face covers more than a third of it.
+        visible = [None if any(_covered(box, later) > 1 / 3 for later in boxes[index + 1:]) else box
+                   for index, box in enumerate(boxes)]
         out_frames.append(canvas)
         truths.append(visible)
     return out_frames, truths
@@ -193,7 +199,8 @@ def _tracking(settings: Settings, preprocess: Preprocess) -> dict:
     finder = _finder(settings, preprocess)
     messages = _messages(frames, "track", settings.capture.jpeg_quality, start_ms=1_000_000)
     last_id: dict[int, int] = {}
-    switches = matched = visible = 0
+    owner: dict[int, int] = {}  # track id -> the true face it was first given to
+    switches = swaps = matched = visible = 0
     for message, truth in zip(messages, truths):
         faces = finder.process([message]).faces
         for face_index, box in enumerate(truth):
@@ -206,9 +213,11 @@ def _tracking(settings: Settings, preprocess: Preprocess) -> dict:
             matched += 1
             if face_index in last_id and last_id[face_index] != best.track_id:
                 switches += 1
+                swaps += owner.get(best.track_id, face_index) != face_index
+            owner.setdefault(best.track_id, face_index)
             last_id[face_index] = best.track_id
     return {"frames": len(frames), "faces": len(truths[0]), "visible_faces": visible, "matched": matched,
-            "id_switches": switches}
+            "id_switches": switches, "id_swaps": swaps, "max_age_ms": settings.detector.track_max_age_ms}
 
 
 def _backend_settings(settings: Settings, backend: str) -> Settings:

@@ -309,10 +309,12 @@ class IoUTracker:
             if bi not in assigned and ti not in used:
                 assigned[bi] = ti
                 used.add(ti)
-        near = sorted((_centre_distance(box, p), bi, ti) for bi, box in enumerate(as_floats)
-                      for ti, p in enumerate(predicted) if bi not in assigned and ti not in used and _similar(box, p))
+        # A track unseen for a while may have drifted from its prediction: its gate widens with time.
+        near = sorted((_centre_distance(box, p) / self._gate(self._tracks[ti], now_ms), bi, ti)
+                      for bi, box in enumerate(as_floats) for ti, p in enumerate(predicted)
+                      if bi not in assigned and ti not in used and _similar(box, p))
         for distance, bi, ti in near:
-            if distance > 0.5:
+            if distance > 1.0:
                 break
             if bi not in assigned and ti not in used:
                 assigned[bi] = ti
@@ -328,6 +330,11 @@ class IoUTracker:
                 self._tracks.append(track)
             ids.append(track.track_id)
         return ids
+
+    def _gate(self, track: _Track, now_ms: int) -> float:
+        """How far (in face sizes) a box may lie from the track's prediction: half a face, up to one
+        and a half for a track about to expire."""
+        return 0.5 + min(1.0, (now_ms - track.last_ms) / self.max_age_ms)
 
     def _move(self, track: _Track, box: BBox, now_ms: int) -> None:
         dt = now_ms - track.last_ms
