@@ -31,13 +31,22 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
 
 
 class FixedDetector:
+    """Returns the same boxes for any image (the decoding and box mapping are what is under test)."""
+
+    name = "fixed"
+
     def __init__(self, boxes):
-        self.boxes = boxes
+        from shared.faces import Detection
+        from shared.schemas import BBox
+        from shared.settings import DetectorSettings
+
+        self.found = [Detection(BBox(x=x, y=y, w=w, h=h), 0.9) for x, y, w, h in boxes]
+        self.settings = DetectorSettings()
         self.seen_shape = None
 
-    def detect(self, gray):
+    def detect_photo(self, gray, min_face=None):
         self.seen_shape = gray.shape
-        return self.boxes
+        return self.found
 
 
 class UniformModel:
@@ -115,15 +124,17 @@ def test_large_jpeg_is_decoded_reduced_and_boxes_map_back():
     face = result.faces[0]
     assert (face.box.x, face.box.y, face.box.w, face.box.h) == (200, 100, 400, 400)
     assert face.label == "happy" and list(face.probabilities) == list(EMOTIONS)
+    assert face.detection_confidence == 0.9
 
 
 def test_real_face_with_the_served_model(face_png, served_model_dir):  # noqa: F811
     """Plumbing check on a real photo: one face found, seven probabilities summing to 1 (random weights)."""
-    from shared.faces import HaarFaceDetector
+    from shared.faces import make_detector
     from shared.model_runtime import EmotionModel
+    from shared.settings import DetectorSettings
 
     data = face_png.read_bytes()
-    result = analyze_image(data, HaarFaceDetector(), EmotionModel(served_model_dir), **LIMITS)
+    result = analyze_image(data, make_detector(DetectorSettings()), EmotionModel(served_model_dir), **LIMITS)
     assert isinstance(result, AnalyzeResult) and result.model_version == read_metadata(served_model_dir).version
     assert len(result.faces) == 1
     face = result.faces[0]
@@ -133,3 +144,40 @@ def test_real_face_with_the_served_model(face_png, served_model_dir):  # noqa: F
     decoded = decode_image(data, **LIMITS)
     drawn = annotate(decoded, result)
     assert drawn.shape == decoded.image.shape and not np.array_equal(drawn, decoded.image)
+
+
+def two_person_photo() -> np.ndarray:
+    """Two real people side by side (the astronaut portrait and its mirror image), faces of ~190 px,
+    on a plain wall with space between them (BGR, 960x560)."""
+    from services.capture.demo import _PORTRAIT_CROP
+    from skimage import data
+
+    portrait = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    x, y, w, h = _PORTRAIT_CROP
+    head = cv2.resize(portrait[y:y + h, x:x + w], None, fx=1.9, fy=1.9, interpolation=cv2.INTER_CUBIC)
+    hh, hw = head.shape[:2]
+    photo = np.full((hh + 80, 2 * hw + 120, 3), (150, 160, 170), np.uint8)
+    photo[40:40 + hh, 40:40 + hw] = head
+    photo[40:40 + hh, 80 + hw:80 + 2 * hw] = cv2.flip(head, 1)
+    return photo
+
+
+def group_photo_jpeg(tiles: int) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", np.tile(two_person_photo(), (tiles, tiles, 1)), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize("tiles", [2, 5])
+def test_group_photo_is_analysed_at_photo_resolution(tiles, served_model_dir):  # noqa: F811
+    """A 2x2 tile of a two-person photo has 8 faces and a 5x5 tile 50; all are found (the live
+    stream's 320-px width would leave the 5x5 tile's faces at 13 px)."""
+    from shared.faces import make_detector
+    from shared.model_runtime import EmotionModel
+    from shared.settings import DetectorSettings
+
+    result = analyze_image(group_photo_jpeg(tiles), make_detector(DetectorSettings()), EmotionModel(served_model_dir),
+                           **LIMITS)
+    assert len(result.faces) == 2 * tiles * tiles
+    sides = sorted(face.box.w for face in result.faces)
+    assert sides[-1] < 1.5 * sides[0]  # every box is a face, none a fragment or a merger

@@ -106,6 +106,22 @@ def test_api_analyze_face_and_bad_inputs(dash_settings, redis_client, face_png):
     assert bomb.status_code == 422 and "pixels" in bomb.get_json()["error"]
 
 
+def test_api_analyze_group_photo_returns_every_face(dash_settings, redis_client):
+    """POST /api/analyze on a 2x2 tile of a two-person photo returns its 8 faces, each with the
+    detector's confidence."""
+    from tests.test_analyze import group_photo_jpeg
+
+    client = _app(dash_settings).server.test_client()
+    response = _post(client, group_photo_jpeg(2), "group.jpg")
+    assert response.status_code == 200, response.get_json()
+    faces = response.get_json()["faces"]
+    assert len(faces) == 8
+    from shared.faces import make_detector
+
+    if make_detector(dash_settings.detector).name == "yunet":  # the cascade gives no score
+        assert all(0.5 <= face["detection_confidence"] <= 1 for face in faces)
+
+
 @pytest.mark.parametrize("flip_tta", [False, True])
 def test_analyze_classifies_as_the_live_classifier_is_set_to(dash_settings, redis_client, flip_tta):
     """With EMOTION_CLASSIFIER__FLIP_TTA the Analyze page and API average each face with its mirror, as

@@ -255,3 +255,38 @@ def test_database_away_is_transient(tmp_path):
     nowhere = make_engine("postgresql://postgres@127.0.0.1:1/none", connect_timeout_s=2)
     with pytest.raises(TransientError, match="unavailable"):
         RecorderProcessor(nowhere).handle([make_event(1)])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_detection_confidence_migration_keeps_old_rows_and_stores_new_scores(backend, tmp_path):
+    """Revision 0002 adds events.detection_confidence to a store that already holds events: the old
+    rows keep every value (NULL score), new events store theirs, and the export carries the column."""
+    from shared.store.writer import event_row
+    from tests.test_store_support import create_pg_database
+
+    drop = None
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    else:
+        name, drop = create_pg_database()
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        migrate(url, "0001_initial")
+        engine = make_engine(url)
+        old = make_event(1).model_copy(update={"detection_confidence": None})
+        row = {k: v for k, v in event_row(old, datetime.now(timezone.utc)).items() if k != "detection_confidence"}
+        with engine.begin() as conn:
+            conn.execute(sa.Table("events", sa.MetaData(), autoload_with=conn).insert(), [row])
+        assert migrate(url) == head_revision()
+        new = make_event(2).model_copy(update={"detection_confidence": 0.87})  # type: ignore[arg-type]
+        assert record_events(engine, [old, new]) == 1  # the old event is already there
+        frame = queries.events_frame(engine, datetime(2025, 1, 1, tzinfo=timezone.utc),
+                                     datetime(2027, 1, 1, tzinfo=timezone.utc))
+        by_id = frame.set_index("event_id")
+        assert pd.isna(by_id.loc[old.event_id, "detection_confidence"])
+        assert by_id.loc[new.event_id, "detection_confidence"] == pytest.approx(0.87)
+        assert by_id.loc[old.event_id, "label"] == old.label
+        engine.dispose()
+    finally:
+        if drop:
+            drop()

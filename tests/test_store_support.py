@@ -30,7 +30,7 @@ def make_event(i: int, camera_id: str = "cam0", session_id: str = "s1", captured
     captured = captured_ms if captured_ms is not None else T0_MS + i * 100
     return EmotionEvent(event_id=f"{camera_id}:{session_id}:{i}:0", camera_id=camera_id, session_id=session_id,
                         frame_id=i, face_index=0, track_id=i % 3, bbox=BBox(x=10, y=20, w=64, h=64),
-                        label=EMOTIONS[order[0]], confidence=probs[order[0]], probabilities=probs,
+                        detection_confidence=round(0.5 + rng.random() / 2, 3), label=EMOTIONS[order[0]], confidence=probs[order[0]], probabilities=probs,
                         top2=(EMOTIONS[order[0]], EMOTIONS[order[1]]), smoothed=smoothed,
                         smoothed_label=EMOTIONS[max(range(len(EMOTIONS)), key=lambda k: smoothed[k])],
                         model_version="test-v1",
