@@ -153,22 +153,25 @@ def load_fer(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def demo_crops(count: int, preprocess: Preprocess, frames: int = 60) -> np.ndarray:
-    """Face crops cut from the demo scene (the astronaut portrait) by the Haar detector, cycled to `count`."""
+    """Face crops cut from the demo scene (the astronaut portrait) by the default detector, framed as the
+    model expects, cycled to `count`."""
     import cv2
 
     from services.capture.demo import AstronautDemo
-    from shared.faces import HaarFaceDetector
+    from shared.faces import make_detector
+    from shared.settings import DetectorSettings
 
     demo = AstronautDemo(fps=15.0)
-    detector = HaarFaceDetector()
+    detector = make_detector(DetectorSettings())
     crops: list[np.ndarray] = []
     for _ in range(frames):
         gray = cv2.cvtColor(demo.frame(), cv2.COLOR_BGR2GRAY)
-        crops.extend(crop_face(gray, box, preprocess) for box in detector.detect(gray))
+        crops.extend(crop_face(gray, face.box, preprocess, landmarks=face.landmarks, backend=detector.name)
+                     for face in detector.detect(gray))
         for _ in range(3):  # skip ahead so consecutive crops differ
             demo.frame_index += 1
     if not crops:
-        raise RuntimeError("the Haar detector found no face in the demo scene")
+        raise RuntimeError(f"the {detector.name} detector found no face in the demo scene")
     return np.stack([crops[i % len(crops)] for i in range(count)])
 
 
