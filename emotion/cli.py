@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from pydantic import ValidationError
 
+from emotion.errors import UserError
+
 COMMAND_MODULES = ("pipeline", "training", "models", "framing", "store", "dashboard", "bench")
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line, exit code 2."""
+# What a shell reports for a command whose reader went away (128 + SIGPIPE), as `yes | head` does.
+BROKEN_PIPE_EXIT = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     from shared.model_runtime import ModelError
     from shared.redis_conn import RedisUnavailable
+    from shared.settings import describe_validation_error
 
     try:
         return int(args.func(args) or 0)
@@ -51,9 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emotion {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        print(f"emotion {args.command}: invalid configuration: {problems}", file=sys.stderr)
+        print(f"emotion {args.command}: invalid configuration: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `emotion export --output - | head`: the reader has what it wanted. Point stdout at /dev/null
+        # so that the interpreter's final flush cannot raise (and print) the same error again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
     except KeyboardInterrupt:
         return 130
 

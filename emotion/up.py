@@ -1,17 +1,23 @@
-"""`emotion up`: every service as a local process against one Redis, and a clean, draining stop.
+"""`emotion up` (and `emotion start`): every service as a local process against one Redis, a clean,
+draining stop, and a summary that tells the truth.
 
 Stop order: captures first; then each consumer group is drained (no lag, nothing pending) before
 its service is stopped, so every frame already published gets its faces and every face its event
 and row. The summary compares counters before and after the run, so a shared Redis is fine.
+
+A run ends in one of four ways, named by the summary's `stopped_by`: `user` (Ctrl+C), `signal`
+(SIGTERM or SIGHUP), `duration`, `sources_ended` (every source was a finite file and ended) or
+`error`: a child exited while it should have been running (a bad source, no webcam, the dashboard's
+port taken, a crash). Its own one-line message is printed on the terminal, nothing is drained
+(the run is already wrong), and the exit code is non-zero. Whatever the way, every child is stopped
+before `run_up` returns (emotion.supervisor).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 import webbrowser
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from emotion.supervisor import Supervisor
 from shared.redis_conn import connect, redact
 from shared.schemas import EmotionEvent, MessageError, decode
 from shared.settings import Settings
@@ -28,6 +35,9 @@ from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Key
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 120.0
+STARTUP_TIMEOUT_S = 120.0  # loading the model and the detector takes seconds; on a loaded machine, many
+POLL_S = 0.2
+LOCAL_PROBE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 @dataclass
@@ -41,13 +51,6 @@ class UpOptions:
     dashboard_port: int | None = None
     open_report: bool = False
     log_dir: Path | None = None
-
-
-def _available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def ensure_redis(settings: Settings, data_dir: Path) -> tuple[str, object | None]:
@@ -67,41 +70,29 @@ def ensure_redis(settings: Settings, data_dir: Path) -> tuple[str, object | None
     return f"unix://{embedded.socket_file}", embedded
 
 
-class Processes:
-    """Child processes by role, each in its own process group so a stop reaches its children too."""
+class StopRequests:
+    """SIGINT/SIGTERM/SIGHUP while `up` runs: the first asks for a draining stop, a second one skips
+    the drain (the children still get their warm SIGTERM)."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
-        self.children: dict[str, list[subprocess.Popen]] = {}
-        log_dir.mkdir(parents=True, exist_ok=True)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def start(self, role: str, *args: str) -> subprocess.Popen:
-        index = len(self.children.get(role, []))
-        log_file = open(self.log_dir / f"{role}-{index}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "emotion", *args], env=self.env, stdout=log_file,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.children.setdefault(role, []).append(proc)
-        return proc
+    def __init__(self) -> None:
+        self.count = 0
+        self.by: str | None = None
+        self._previous: dict[int, object] = {}
 
-    def stop(self, role: str, timeout: float = 20.0) -> None:
-        procs = self.children.get(role, [])
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    def _handle(self, signum, _frame) -> None:
+        self.count += 1
+        self.by = self.by or ("user" if signum == signal.SIGINT else "signal")
 
-    def stop_all(self) -> None:
-        for role in list(self.children):
-            self.stop(role, timeout=5.0)
+    def __enter__(self) -> "StopRequests":
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
 
-    def dead(self, role: str) -> list[subprocess.Popen]:
-        return [p for p in self.children.get(role, []) if p.poll() is not None]
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def group_backlog(client: redis.Redis, stream: str, group: str) -> int:
@@ -120,15 +111,16 @@ def group_backlog(client: redis.Redis, stream: str, group: str) -> int:
     return client.xlen(stream)  # group not created yet: everything is still to do
 
 
-def drain(client: redis.Redis, stream: str, group: str, processes: Processes, role: str, timeout: float) -> bool:
+def drain(client: redis.Redis, stream: str, group: str, supervisor: Supervisor, role: str, timeout: float,
+          stops: StopRequests) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and stops.count < 2:
         if group_backlog(client, stream, group) == 0:
             return True
-        if len(processes.dead(role)) == len(processes.children.get(role, [])):
+        if supervisor.all_exited(role):
             log.error("all %s processes exited with work left in %s", role, stream)
             return False
-        time.sleep(0.2)
+        time.sleep(POLL_S)
     return False
 
 
@@ -160,39 +152,98 @@ def session_events(client: redis.Redis, keys: Keys, session_id: str, since_ms: i
 
 
 def count_recorded(database_url: str, session_id: str) -> int | None:
-    if not _available("shared.store"):
-        return None
+    import sqlalchemy as sa
+
+    from shared.store import make_engine
+
     try:
-        import sqlalchemy as sa
-
-        from shared.store import make_engine
-
         engine = make_engine(database_url)
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text("SELECT COUNT(*) FROM events WHERE session_id = :s"), {"s": session_id}).scalar())
-    except Exception as exc:  # the summary must still print
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(sa.text("SELECT COUNT(*) FROM events WHERE session_id = :s"),
+                                        {"s": session_id}).scalar())
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - the summary must still print
         log.error("cannot count recorded events: %s", exc)
         return None
 
 
-def _session_marker(database_url: str, session_id: str, sources: list[str], opening: bool) -> None:
-    """Record when this run's session started and ended (the report of any past session needs it)."""
-    if not _available("shared.store"):
-        return
-    try:
-        from shared.store import close_session, make_engine, migrate, open_session
+def _session_marker(database_url: str, session_id: str, cameras: dict[str, str], opening: bool) -> None:
+    """Record when this run's session started and ended (the report of any past session needs it).
 
+    The source names every camera of the run (`cam0=demo, cam1=clip.mp4`), so a session of two
+    cameras is not labelled with the first one alone."""
+    from shared.store import close_session, make_engine, migrate, open_session
+
+    try:
         engine = make_engine(database_url)
-        if opening:
-            migrate(engine)
-            with engine.begin() as conn:
-                open_session(conn, session_id, camera_id=None, source=", ".join(sources))
-        else:
-            with engine.begin() as conn:
-                close_session(conn, session_id)
-        engine.dispose()
-    except Exception as exc:  # the pipeline runs without a session row; events still create it
+        try:
+            if opening:
+                migrate(engine)
+                with engine.begin() as conn:
+                    open_session(conn, session_id, camera_id=None,
+                                 source=", ".join(f"{camera}={source}" for camera, source in cameras.items()))
+            else:
+                with engine.begin() as conn:
+                    close_session(conn, session_id)
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - the pipeline runs without a session row; events still create it
         log.error("cannot record session %s: %s", session_id, exc)
+
+
+def dashboard_url(settings: Settings, port: int | None) -> str:
+    host = LOCAL_PROBE.get(settings.dashboard.host, settings.dashboard.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port or settings.dashboard.port}/"
+
+
+def _say(text: str) -> None:
+    print(f"emotion up: {text}", file=sys.stderr, flush=True)
+
+
+def _watch(supervisor: Supervisor, client: redis.Redis, keys: Keys, options: UpOptions, url: str | None,
+           stops: StopRequests) -> tuple[str, list[str]]:
+    """Run until a stop; returns (stopped_by, errors).
+
+    `--duration` counts from the moment every child is ready (its heartbeat is in Redis, the
+    dashboard answers), so a slow start neither eats into the run nor hides a child that fails
+    while starting; a child that is still not ready after STARTUP_TIMEOUT_S is an error too.
+    """
+    startup_deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    deadline: float | None = None
+    running = False
+    while True:
+        failed = supervisor.failures()
+        if failed:
+            for child in failed:
+                _say(f"error: {child.failure()} (log: {child.log_path})")
+            return "error", [child.failure() for child in failed]
+        if stops.count:
+            return stops.by or "user", []
+        if supervisor.all_exited("capture"):
+            return "sources_ended", []  # every (finite) source ended
+        if not running:
+            try:
+                for child in supervisor.mark_ready(client, keys, url):
+                    if child.role == "dashboard":
+                        _say(f"dashboard {url}")
+            except redis.RedisError as exc:
+                log.warning("event=readiness_check_failed error=%r", exc)
+            waiting = supervisor.not_ready()
+            if not waiting:
+                running = True
+                deadline = time.monotonic() + options.duration_s if options.duration_s else None
+                _say("every process is running" + (f"; stopping in {options.duration_s:g} s" if options.duration_s
+                                                   else "; Ctrl+C stops"))
+            elif time.monotonic() > startup_deadline:
+                errors = [f"{c.name} did not start within {STARTUP_TIMEOUT_S:.0f} s" for c in waiting]
+                for child, error in zip(waiting, errors):
+                    _say(f"error: {error} (log: {child.log_path})")
+                return "error", errors
+        elif deadline is not None and time.monotonic() >= deadline:
+            return "duration", []
+        time.sleep(POLL_S)
 
 
 def run_up(settings: Settings, options: UpOptions) -> dict:
@@ -200,67 +251,85 @@ def run_up(settings: Settings, options: UpOptions) -> dict:
 
     data_dir = settings.data_dir
     redis_url, embedded = ensure_redis(settings, data_dir)
+    try:
+        with StopRequests() as stops:
+            return _run(settings, options, redis_url, new_session_id(), stops)
+    finally:
+        if embedded is not None:
+            embedded.shutdown()
+
+
+def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str, stops: StopRequests) -> dict:
     client = connect(redis_url)
     keys = Keys(settings.prefix)
-    session_id = new_session_id()
     env = dict(os.environ, EMOTION_REDIS_URL=redis_url, EMOTION_DATABASE_URL=settings.database_url,
                EMOTION_LOG_LEVEL=os.environ.get("EMOTION_LOG_LEVEL", "INFO"), PYTHONUNBUFFERED="1")
     env.pop("REDIS_URL", None)
     env.pop("DATABASE_URL", None)
     if options.dashboard_port:
         env["EMOTION_DASHBOARD__PORT"] = str(options.dashboard_port)
-    log_dir = options.log_dir or data_dir / "logs" / session_id
-    processes = Processes(env, log_dir)
+    log_dir = options.log_dir or settings.data_dir / "logs" / session_id
+    supervisor = Supervisor(env, log_dir)
+    cameras = {f"cam{index}": source for index, source in enumerate(options.sources)}
+    url = dashboard_url(settings, options.dashboard_port) if options.dashboard else None
     before = _counters(client, keys)
     started_ms = int(time.time() * 1000)
-    stopped_by_user = False
-    drained = {}
-    record = options.recorder and _available("services.recorder.run")
-    if record:
-        _session_marker(settings.database_url, session_id, options.sources, opening=True)
+    drained: dict[str, bool] = {}
+    errors: list[str] = []
+    stopped_by = "error"
+    keep_dashboard = False
+    if options.recorder:
+        _session_marker(settings.database_url, session_id, cameras, opening=True)
     try:
-        if record:
-            processes.start("recorder", "recorder")
-        processes.start("detector", "detector")
-        for _ in range(options.classifiers):
-            processes.start("classifier", "classifier")
-        if options.dashboard and _available("services.dashboard.app"):
-            processes.start("dashboard", "dashboard")
-        if options.worker and _available("trainer.jobs"):
-            processes.start("worker", "worker")
-        for index, source in enumerate(options.sources):
-            processes.start("capture", "capture", "--source", source, "--camera-id", f"cam{index}",
-                            "--session", session_id)
-        print(f"emotion up: session {session_id}, {len(options.sources)} camera(s), {options.classifiers} classifier(s); "
-              f"logs in {log_dir}" + (f"; dashboard http://{settings.dashboard.host}:"
-                                      f"{options.dashboard_port or settings.dashboard.port}" if options.dashboard else ""),
-              file=sys.stderr)
-        deadline = time.monotonic() + options.duration_s if options.duration_s else None
-        try:
-            while deadline is None or time.monotonic() < deadline:
-                if len(processes.dead("capture")) == len(options.sources):
-                    break  # every (finite) source ended
-                for role in ("detector", "classifier"):
-                    if len(processes.dead(role)) == len(processes.children.get(role, [])):
-                        raise RuntimeError(f"every {role} process exited; see {log_dir}")
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            stopped_by_user = True
-        processes.stop("capture")
-        drained["detector"] = drain(client, keys.frames, DETECTOR_GROUP, processes, "detector", DRAIN_TIMEOUT_S)
-        drained["classifier"] = drain(client, keys.faces, CLASSIFIER_GROUP, processes, "classifier", DRAIN_TIMEOUT_S)
-        if "recorder" in processes.children:
-            drained["recorder"] = drain(client, keys.events, RECORDER_GROUP, processes, "recorder", DRAIN_TIMEOUT_S)
+        if options.recorder:
+            supervisor.start("recorder", "recorder")
+        supervisor.start("detector", "detector")
+        for index in range(options.classifiers):
+            supervisor.start("classifier", "classifier", name=f"classifier {index}")
+        if options.dashboard:
+            supervisor.start("dashboard", "dashboard")
+        if options.worker:
+            supervisor.start("worker", "worker")
+        for camera, source in cameras.items():
+            supervisor.start("capture", "capture", "--source", source, "--camera-id", camera, "--session", session_id,
+                             name=f"capture {camera} ({source})", may_finish=True)
+        _say(f"session {session_id}, {len(cameras)} camera(s), {options.classifiers} classifier(s); logs in {log_dir}")
+        stopped_by, errors = _watch(supervisor, client, keys, options, url, stops)
+        supervisor.stop("capture")
+        if stopped_by != "error":
+            drained["detector"] = drain(client, keys.frames, DETECTOR_GROUP, supervisor, "detector",
+                                        DRAIN_TIMEOUT_S, stops)
+            drained["classifier"] = drain(client, keys.faces, CLASSIFIER_GROUP, supervisor, "classifier",
+                                          DRAIN_TIMEOUT_S, stops)
+            if options.recorder:
+                drained["recorder"] = drain(client, keys.events, RECORDER_GROUP, supervisor, "recorder",
+                                            DRAIN_TIMEOUT_S, stops)
+        keep_dashboard = (options.open_report and stopped_by == "user" and bool(supervisor.of("dashboard"))
+                          and supervisor.of("dashboard")[0].running())
     finally:
-        for role in ("detector", "classifier", "recorder", "worker"):
-            processes.stop(role)
-        if not (options.open_report and stopped_by_user):
-            processes.stop("dashboard")
+        for role in ("capture", "detector", "classifier", "recorder", "worker"):
+            supervisor.stop(role)
+        if not keep_dashboard:
+            supervisor.stop_all()
+    summary = _summary(client, keys, before, session_id, started_ms, redis_url, drained, stopped_by, errors)
+    if options.recorder:
+        _session_marker(settings.database_url, session_id, cameras, opening=False)
+        summary["recorded"] = count_recorded(settings.database_url, session_id)
+    if keep_dashboard:
+        try:
+            _show_report(supervisor, url, session_id, stops)
+        finally:
+            supervisor.stop_all()
+    return summary
+
+
+def _summary(client: redis.Redis, keys: Keys, before: dict, session_id: str, started_ms: int, redis_url: str,
+             drained: dict, stopped_by: str, errors: list[str]) -> dict:
     after = _counters(client, keys)
     latencies = [e.latency_ms for e in session_events(client, keys, session_id, started_ms)]
     faces = _delta(after, before, "detector", "entries_out")
     events = _delta(after, before, "classifier", "entries_out")
-    summary = {
+    return {
         "session_id": session_id,
         "redis": redact(redis_url),
         "frames": _delta(after, before, "capture", "published"),
@@ -273,21 +342,23 @@ def run_up(settings: Settings, options: UpOptions) -> dict:
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_ms_p95": float(np.percentile(latencies, 95)) if latencies else None,
         "drained": drained,
-        "stopped_by": "user" if stopped_by_user else ("duration" if options.duration_s else "sources_ended"),
+        "stopped_by": stopped_by,
+        "errors": errors,
     }
-    if record:
-        _session_marker(settings.database_url, session_id, options.sources, opening=False)
-        summary["recorded"] = count_recorded(settings.database_url, session_id)
-    if options.open_report and stopped_by_user and "dashboard" in processes.children:
-        url = f"http://127.0.0.1:{options.dashboard_port or settings.dashboard.port}/sessions?session={session_id}"
-        print(f"session report: {url} (Ctrl+C again to close the dashboard)", file=sys.stderr)
-        webbrowser.open(url)
-        try:
-            while not processes.dead("dashboard"):
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        processes.stop("dashboard")
-    if embedded is not None:
-        embedded.shutdown()
-    return summary
+
+
+def _show_report(supervisor: Supervisor, url: str | None, session_id: str, stops: StopRequests) -> None:
+    """`emotion start`: open the session report and keep the dashboard until the next Ctrl+C."""
+    report = f"{url}sessions?session={session_id}"
+    _say(f"session report: {report} (Ctrl+C again to close the dashboard)")
+    webbrowser.open(report)
+    seen = stops.count
+    while stops.count == seen and not supervisor.all_exited("dashboard"):
+        time.sleep(0.5)
+
+
+def exit_code(summary: dict) -> int:
+    """2 when a child failed (like any user error), 1 when faces were lost, else 0."""
+    if summary.get("stopped_by") == "error":
+        return 2
+    return 0 if summary.get("lost", 0) == 0 else 1

@@ -12,7 +12,7 @@ from typing import Literal
 
 import os
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -91,11 +91,22 @@ class RecorderSettings(_Section):
 
 
 class DashboardSettings(_Section):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="address to listen on; a non-local one needs a token")
     port: int = Field(8050, ge=1, le=65535)
-    auth_token: str | None = Field(None, description="required (token or user:password) when host is not local")
+    auth_token: str | None = Field(None, description="token (or user:password), required when host is not local: "
+                                                     "at least 16 characters of secret")
+    token_file: Path | None = Field(None, description="without auth_token: the token kept in this file, generated "
+                                                      "(and its login URL printed once) on the first start")
+    allowed_hosts: str = Field("", description="without a token, Host headers other than localhost are refused "
+                                               "(DNS rebinding); extra names to accept, comma-separated")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(40_000_000, ge=1024)
+
+    @field_validator("auth_token")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        """An empty or all-whitespace token (an unset ${VAR} in compose) means no token at all."""
+        return value.strip() or None if value is not None else None
 
 
 class Settings(BaseSettings):
@@ -161,3 +172,32 @@ def unknown_env_names(environ) -> list[str]:
                 unknown.append(name)
     return unknown
 
+
+
+def describe_validation_error(exc: ValidationError, environ=None) -> str:
+    """One line for a settings (or any pydantic) error: `where: what` per problem, `; `-separated.
+
+    A problem of the whole model (an unknown variable) has no location, so it is the message alone;
+    pydantic's "Value error, " prefix is dropped; and a field that is read from two variables
+    (REDIS_URL or EMOTION_REDIS_URL) is blamed on the one that is actually set.
+    """
+    environ = os.environ if environ is None else environ
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc and loc[0] not in environ:
+            loc[0] = _variable_set_for(loc[0], environ)
+        message = error.get("msg", "")
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        problems.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    return "; ".join(problems)
+
+
+def _variable_set_for(name: str, environ) -> str:
+    """For an alias like EMOTION_REDIS_URL that is not set: the other alias of its field that is."""
+    for field in Settings.model_fields.values():
+        alias = field.validation_alias
+        choices = [c for c in getattr(alias, "choices", []) if isinstance(c, str)]
+        if name in choices:
+            return next((c for c in choices if c in environ), name)
+    return name

@@ -11,10 +11,12 @@ import importlib
 import sys
 from pathlib import Path
 
+from emotion.arguments import at_least_one
+from emotion.errors import UserError
+
 
 def _bench(module: str):
     """Import `bench.<module>`; the suite lives in the source checkout beside `shared/`."""
-    from emotion.cli import UserError
     from shared.settings import REPO_ROOT
 
     try:
@@ -40,16 +42,6 @@ def _list(kind=int):
         return values
 
     return checked
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def _settings():
@@ -127,15 +119,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("classifier", help="faces/s of one classifier replica (service loop vs bare runtime)")
     p.add_argument("--batch-sizes", type=_list(), default=[1, 8, 16, 32, 64], help="comma list (default 1,8,16,32,64)")
     p.add_argument("--threads", type=_list(), default=[1, 2], help="comma list of inference threads (default 1,2)")
-    p.add_argument("--faces", type=_positive, default=2000, help="faces pre-filled per run (default 2000)")
-    p.add_argument("--repeats", type=_positive, default=3, help="runs per configuration; the median is reported")
+    p.add_argument("--faces", type=at_least_one, default=2000, help="faces pre-filled per run (default 2000)")
+    p.add_argument("--repeats", type=at_least_one, default=3, help="runs per configuration; the median is reported")
     p.add_argument("--fer", type=Path, default=None, help=fer_help)
     common(p)
     p.set_defaults(func=cmd_classifier)
 
     p = kinds.add_parser("detector", help="frames/s of FaceFinder on one core at 640x480 and 1280x720, and recall")
-    p.add_argument("--frames", type=_positive, default=60, help="frames per resolution per run (default 60)")
-    p.add_argument("--repeats", type=_positive, default=3)
+    p.add_argument("--frames", type=at_least_one, default=60, help="frames per resolution per run (default 60)")
+    p.add_argument("--repeats", type=at_least_one, default=3)
     p.add_argument("--recall-faces", type=int, default=600,
                    help="FER-2013 PublicTest faces composed into frames for recall (0 skips; default 600)")
     p.add_argument("--fer", type=Path, default=None, help=fer_help)
@@ -148,19 +140,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=15.0, help="seconds of capture per run (default 15)")
     p.add_argument("--warmup", type=float, default=3.0,
                    help="seconds at the start of each run left out of the steady-state numbers (default 3)")
-    p.add_argument("--classifiers", type=_positive, default=1, help="classifier replicas (default 1)")
+    p.add_argument("--classifiers", type=at_least_one, default=1, help="classifier replicas (default 1)")
     p.add_argument("--source", default="demo", help="source of every camera (default demo)")
     p.add_argument("--sweep-fps", type=_list(float), default=[15.0, 20.0, 30.0],
                    help="fps values tried for the highest sustained fps (default 15,20,30)")
-    p.add_argument("--sweep-cameras", type=_positive, default=2, help="cameras during the fps sweep (default 2)")
+    p.add_argument("--sweep-cameras", type=at_least_one, default=2, help="cameras during the fps sweep (default 2)")
     p.add_argument("--no-sweep", action="store_true", help="skip the fps sweep")
     common(p)
     p.set_defaults(func=cmd_pipeline)
 
     p = kinds.add_parser("scaling", help="drain time of a pre-filled faces stream with 1 vs 2 classifier processes")
     p.add_argument("--replicas", type=_list(), default=[1, 2], help="comma list of replica counts (default 1,2)")
-    p.add_argument("--faces", type=_positive, default=4000, help="faces pre-filled per run (default 4000)")
-    p.add_argument("--repeats", type=_positive, default=3)
+    p.add_argument("--faces", type=at_least_one, default=4000, help="faces pre-filled per run (default 4000)")
+    p.add_argument("--repeats", type=at_least_one, default=3)
     p.add_argument("--fer", type=Path, default=None, help=fer_help)
     common(p)
     p.set_defaults(func=cmd_scaling)
@@ -168,8 +160,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("training", help="seconds per training epoch per architecture (needs TensorFlow)")
     p.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=["compact", "baseline"],
                    help="comma list of trainer.models names (default compact,baseline)")
-    p.add_argument("--images", type=_positive, default=1024, help="training images in the timed subset (default 1024)")
-    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("--images", type=at_least_one, default=1024, help="training images in the timed subset (default 1024)")
+    p.add_argument("--batch-size", type=at_least_one, default=128)
     p.add_argument("--data", type=Path, default=None, help="FER-2013 training archive (default ../shared/...)")
     common(p)
     p.set_defaults(func=cmd_training)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from emotion.errors import UserError
+
 
 def cmd_dashboard(args) -> int:
-    from emotion.cli import UserError
     from services.dashboard.auth import AuthConfigError, check_auth_config
     from shared.bootstrap import configure_logging
     from shared.settings import Settings
@@ -26,10 +27,12 @@ def cmd_dashboard(args) -> int:
                           "port": settings.dashboard.port, "auth": bool(settings.dashboard.auth_token)}))
         return 0
     configure_logging(settings)
-    from services.dashboard.app import serve
+    from services.dashboard.app import ListenError, serve
 
-    print(f"emotion dashboard: http://{settings.dashboard.host}:{settings.dashboard.port}/", flush=True)
-    serve(settings)
+    try:
+        serve(settings)
+    except (AuthConfigError, ListenError) as exc:
+        raise UserError(str(exc)) from None
     return 0
 
 

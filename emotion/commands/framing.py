@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from emotion.errors import UserError
 from shared.settings import REPO_ROOT
 
 FER_TRAINING = REPO_ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_training.npz"
@@ -15,7 +16,6 @@ FER_TRAINING = REPO_ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train
 def cmd_calibrate(args) -> int:
     import numpy as np
 
-    from emotion.cli import UserError
     from shared.faces import BACKENDS, make_detector
     from shared.model_runtime import read_metadata
     from shared.settings import Settings

@@ -9,6 +9,9 @@ import threading
 import uuid
 from datetime import datetime, timezone
 
+from emotion.arguments import at_least_one, port, positive_seconds
+from emotion.errors import UserError
+
 
 def _settings(**overrides):
     from shared.settings import Settings
@@ -30,7 +33,6 @@ def _check_config(args, settings) -> bool:
 def cmd_capture(args) -> int:
     import signal
 
-    from emotion.cli import UserError
     from services.capture.capture import run_capture
     from services.capture.sources import SourceError, open_source
     from shared.bootstrap import configure_logging, redis_from
@@ -53,7 +55,7 @@ def cmd_capture(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stats = run_capture(client, Keys(settings.prefix), settings.capture, source, camera_id=args.camera_id,
                         session_id=args.session or new_session_id(), frames_maxlen=settings.frames_maxlen,
-                        stop=stop, max_frames=args.max_frames)
+                        stop=stop, max_frames=args.max_frames, heartbeat_ttl_s=settings.worker.heartbeat_ttl_s)
     if args.json:
         print(json.dumps(stats.__dict__))
     return 0
@@ -78,7 +80,7 @@ def _service_command(run_module: str):
 
 
 def cmd_up(args) -> int:
-    from emotion.up import UpOptions, run_up
+    from emotion.up import UpOptions, exit_code, run_up
 
     settings = _settings()
     options = UpOptions(sources=args.source or ["demo"], classifiers=args.classifiers, duration_s=args.duration,
@@ -89,19 +91,19 @@ def cmd_up(args) -> int:
         print(json.dumps(summary))
     else:
         print(json.dumps(summary, indent=2))
-    return 0 if summary.get("lost", 0) == 0 else 1
+    return exit_code(summary)
 
 
 def cmd_start(args) -> int:
     """The original verb: one webcam, and the session report opened in a browser on Ctrl+C."""
-    from emotion.up import UpOptions, run_up
+    from emotion.up import UpOptions, exit_code, run_up
 
     settings = _settings()
     options = UpOptions(sources=[args.device], classifiers=1, duration_s=args.duration, dashboard=True,
                         worker=False, recorder=True, dashboard_port=args.port, open_report=not args.no_browser)
     summary = run_up(settings, options)
     print(json.dumps(summary, indent=2))
-    return 0
+    return exit_code(summary)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -125,20 +127,22 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--threads", type=int, default=None, help="inference threads")
         p.set_defaults(func=_service_command(module))
 
+    duration_help = "stop after this many seconds of running (counted once every process is up; default: until Ctrl+C)"
     p = sub.add_parser("up", help="run the whole pipeline as local processes")
     p.add_argument("--source", action="append", help="a source per camera (repeatable; default: demo)")
-    p.add_argument("--classifiers", type=int, default=1, help="classifier replicas")
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--classifiers", type=at_least_one, default=1, help="classifier replicas (default 1)")
+    p.add_argument("--duration", type=positive_seconds, default=None, help=duration_help)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
-    p.add_argument("--no-dashboard", action="store_true")
-    p.add_argument("--no-recorder", action="store_true")
+    p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")
+    p.add_argument("--no-recorder", action="store_true", help="do not start the recorder (nothing is stored)")
     p.add_argument("--worker", action="store_true", help="also run the RQ training worker")
-    p.add_argument("--port", type=int, default=None, help="dashboard port (default 8050)")
+    p.add_argument("--port", type=port, default=None, help="dashboard port (default 8050)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("start", help="webcam session (the original verb); Ctrl+C shows the session report")
     p.add_argument("device", help="webcam index or any source accepted by capture --source")
-    p.add_argument("--duration", type=float, default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--no-browser", action="store_true")
+    p.add_argument("--duration", type=positive_seconds, default=None, help=duration_help)
+    p.add_argument("--port", type=port, default=None, help="dashboard port (default 8050)")
+    p.add_argument("--no-browser", action="store_true", help="on Ctrl+C, stop everything without opening the "
+                                                             "session report in a browser")
     p.set_defaults(func=cmd_start)

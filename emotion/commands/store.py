@@ -8,6 +8,8 @@ import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from emotion.errors import UserError
+
 
 def _settings(args):
     from shared.settings import RecorderSettings, Settings
@@ -23,7 +25,6 @@ def _settings(args):
 def _check_url(url: str) -> None:
     from sqlalchemy.engine import make_url
 
-    from emotion.cli import UserError
     from shared.store import normalize_url
 
     try:
@@ -36,7 +37,6 @@ def _check_url(url: str) -> None:
 
 def parse_time(text: str, *, end: bool = False) -> datetime:
     """An ISO datetime (naive = UTC) or a date; a date as the end of a range means the end of that day."""
-    from emotion.cli import UserError
 
     text = text.strip()
     try:
@@ -51,16 +51,14 @@ def parse_time(text: str, *, end: bool = False) -> datetime:
 
 
 def _store_error(exc: Exception, url: str):
-    from emotion.cli import UserError
-    from shared.store import redact_url
+    from shared.store import describe_db_error, redact_url
 
-    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
-    hint = " (run `emotion db upgrade` first?)" if "no such table" in first or "does not exist" in first else ""
-    return UserError(f"event store {redact_url(url)}: {type(exc).__name__}: {first}{hint}")
+    described = describe_db_error(exc)
+    hint = " (run `emotion db upgrade` first?)" if "no such table" in described or "does not exist" in described else ""
+    return UserError(f"event store {redact_url(url)}: {described}{hint}")
 
 
 def cmd_recorder(args) -> int:
-    from emotion.cli import UserError
     from shared.bootstrap import configure_logging
     from shared.store import StoreUnavailable
 
@@ -82,7 +80,6 @@ def cmd_recorder(args) -> int:
 def cmd_export(args) -> int:
     import sqlalchemy as sa
 
-    from emotion.cli import UserError
     from shared.store import make_engine, queries
 
     settings = _settings(args)

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from emotion.errors import UserError
 from shared.settings import REPO_ROOT
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "fer2013"
@@ -33,7 +34,6 @@ def _connect(settings, required: bool = True, wait_s: float = 5.0):
 
 
 def _data_path(value: str | None) -> Path:
-    from emotion.cli import UserError
 
     if value:
         return Path(value).expanduser()
@@ -60,7 +60,6 @@ def cmd_campaign(args) -> int:
     """`emotion train --recipe NAME --run-dir DIR` starts a campaign; `--resume DIR` continues one."""
     import shlex
 
-    from emotion.cli import UserError
     from trainer.data import DatasetError
     from trainer.recipes import RECIPES, CampaignState
 
@@ -91,7 +90,6 @@ def cmd_campaign(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from emotion.cli import UserError
 
     if args.resume or args.recipe:
         return cmd_campaign(args)
@@ -136,7 +134,6 @@ def cmd_worker(args) -> int:
 
 
 def _pick_split(path: Path, name: str | None):
-    from emotion.cli import UserError
     from trainer.data import DatasetError, canonical_split, load_dataset
 
     try:
@@ -203,7 +200,6 @@ def cmd_job(args) -> int:
     from rq.exceptions import NoSuchJobError
     from rq.job import Job
 
-    from emotion.cli import UserError
     from trainer.jobs import cancel_training, serializer
 
     client = _connect(_settings())

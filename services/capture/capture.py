@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,12 +20,15 @@ import numpy as np
 import redis
 
 from services.capture.sources import Source
-from shared.redis_conn import REDIS_DOWN_ERRORS
+from shared.redis_conn import REDIS_DOWN_ERRORS, redact
 from shared.schemas import FrameMessage, encode
 from shared.settings import CaptureSettings
 from shared.streams import DETECTOR_GROUP, Keys
 
 log = logging.getLogger(__name__)
+
+
+HEARTBEAT_EVERY_S = 1.0
 
 
 @dataclass
@@ -32,7 +37,36 @@ class CaptureStats:
     published: int = 0
     shed: int = 0
     redis_errors: int = 0
+    busy_s: float = 0.0
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+
+class Heartbeat:
+    """The capture's liveness key, in the scheme every stream service uses (`Keys.heartbeat`), so the
+    Health page counts capture replicas, the Live page knows which cameras still run, and the
+    container health check works the same way. It expires `ttl_s` after the last beat."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, camera_id: str, ttl_s: int) -> None:
+        self.client, self.ttl_s, self.camera_id = client, ttl_s, camera_id
+        self.key = keys.heartbeat("capture", f"capture-{camera_id}-{socket.gethostname()}-{os.getpid()}")
+        self._last = 0.0
+
+    def beat(self, stats: CaptureStats, source: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < HEARTBEAT_EVERY_S:
+            return
+        self._last = now
+        beat = {"service": "capture", "consumer": self.key.rsplit(":", 1)[-1], "camera_id": self.camera_id,
+                "source": redact(source), "host": socket.gethostname(), "pid": os.getpid(),
+                "ts_ms": int(time.time() * 1000), "started_ms": stats.started_ms, "entries": stats.published,
+                "shed": stats.shed, "dead": 0, "busy_s": round(stats.busy_s, 3)}
+        self.client.set(self.key, json.dumps(beat), ex=self.ttl_s)
+
+    def clear(self) -> None:
+        try:
+            self.client.delete(self.key)
+        except REDIS_DOWN_ERRORS:
+            pass  # it expires by itself
 
 
 def encode_frame(frame: np.ndarray, settings: CaptureSettings) -> tuple[bytes, int, int]:
@@ -69,14 +103,17 @@ class LagProbe:
 
 
 def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, source: Source, *, camera_id: str,
-                session_id: str, frames_maxlen: int, stop: threading.Event, max_frames: int | None = None) -> CaptureStats:
+                session_id: str, frames_maxlen: int, stop: threading.Event, max_frames: int | None = None,
+                heartbeat_ttl_s: int = 10) -> CaptureStats:
     stats = CaptureStats()
     interval = 1.0 / settings.fps
     next_due = time.monotonic()
     probe = LagProbe(client, keys.frames)
+    heartbeat = Heartbeat(client, keys, camera_id, heartbeat_ttl_s)
     backoff = 0.5
-    client.hset(keys.cameras, camera_id, json.dumps({"source": source.name, "session_id": session_id,
+    client.hset(keys.cameras, camera_id, json.dumps({"source": redact(source.name), "session_id": session_id,
                                                      "fps": settings.fps, "started_ms": stats.started_ms}))
+    heartbeat.beat(stats, source.name, force=True)
     for frame in source.frames:
         if stop.is_set() or (max_frames is not None and stats.frames_read >= max_frames):
             break
@@ -87,7 +124,9 @@ def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, sour
             stop.wait(next_due - now)  # pace files and demos at the configured frame rate
         next_due = max(next_due + interval, time.monotonic() - interval)
         stats.frames_read += 1
+        started = time.monotonic()
         try:
+            heartbeat.beat(stats, source.name)
             if probe.lag() >= settings.shed_lag:
                 stats.shed += 1
                 client.hincrby(keys.stats("capture"), "shed", 1)
@@ -100,6 +139,7 @@ def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, sour
             pipe.hincrby(keys.stats("capture"), "published", 1)
             pipe.execute()
             stats.published += 1
+            stats.busy_s += time.monotonic() - started  # encoding and publishing, not pacing
             backoff = 0.5
         except REDIS_DOWN_ERRORS as exc:
             # Live frames are not worth queueing while Redis is away: count them and retry later.
@@ -108,5 +148,6 @@ def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, sour
             log.warning("event=redis_down service=capture camera=%s error=%r retry_in_s=%.1f", camera_id, exc, backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 30.0)
+    heartbeat.clear()  # after a crash it expires by itself, heartbeat_ttl_s later
     log.info("event=capture_done camera=%s stats=%s", camera_id, json.dumps(stats.__dict__))
     return stats

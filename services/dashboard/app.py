@@ -8,6 +8,7 @@ app has no import-time side effects and two apps (tests) can coexist in one proc
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -25,16 +26,25 @@ log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
+class ListenError(OSError):
+    """The dashboard cannot listen on its address (port taken, address not on this machine)."""
+
+
 def create_app(settings: Settings) -> dash.Dash:
-    """A ready-to-serve Dash app; raises AuthConfigError when a non-local host has no token."""
+    """A ready-to-serve Dash app; raises AuthConfigError when a non-local host has no (strong) token.
+
+    `settings.dashboard.auth_token` is the token enforced; `serve()` first fills it from the token
+    file when one is configured (auth.resolve_token)."""
     auth.check_auth_config(settings)
+    if settings.dashboard.auth_token is None and settings.dashboard.host not in auth.LOCAL_HOSTS:
+        raise auth.AuthConfigError("the token file has not been read: serve() resolves it before create_app()")
     ctx = DashboardContext(settings)
     app = dash.Dash(__name__, title="Emotion platform", assets_folder=str(ASSETS), update_title=None,
                     suppress_callback_exceptions=True, serve_locally=True)
     app.server.config["MAX_CONTENT_LENGTH"] = settings.dashboard.max_upload_bytes * 4 // 3 + 1024 * 1024
     app.server.extensions["emotion_dashboard"] = ctx
     app.server.json.sort_keys = False  # keep probabilities in FER order
-    auth.install(app.server, settings.dashboard.auth_token)
+    auth.install(app.server, settings.dashboard.auth_token, settings.dashboard.allowed_hosts)
     _install_api(app, ctx)
 
     nav = [dcc.Link(page.TITLE, href=page.PATH, id=f"nav-{page.NAME}", className="nav-link") for page in PAGES]
@@ -77,7 +87,16 @@ def _install_api(app: dash.Dash, ctx: DashboardContext) -> None:
 
     @server.route("/healthz")
     def _healthz():
+        """Liveness: the process serves requests (what it depends on is /readyz's business)."""
         return jsonify(ok=True)
+
+    @server.route("/readyz")
+    def _readyz():
+        """Readiness: Redis and the store answer and the model is loaded; 503 with what is not.
+        Answered without a token, so it names components and states only, never an address."""
+        checks = ctx.readiness()
+        ready = all(state == "ok" for state in checks.values())
+        return jsonify(ready=ready, checks=checks), 200 if ready else 503
 
     @server.route("/api/analyze", methods=["POST"])
     def _analyze():
@@ -100,17 +119,36 @@ def _install_api(app: dash.Dash, ctx: DashboardContext) -> None:
 
 
 def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Serve the app with waitress when installed (production-capable), else Flask's threaded server."""
+    """Serve the app with waitress when installed (production-capable), else Flask's threaded server.
+
+    Raises AuthConfigError (no or weak token beyond localhost) or ListenError (port taken) before
+    serving anything. A token generated into `dashboard.token_file` is announced once, with its
+    login URL, on stderr (the container's log)."""
     host = host or settings.dashboard.host
     port = port or settings.dashboard.port
     settings = settings.model_copy(update={"dashboard": settings.dashboard.model_copy(update={"host": host,
                                                                                              "port": port})})
+    settings, generated = auth.resolve_token(settings)
     app = create_app(settings)
+    if generated:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"emotion dashboard: generated an access token, kept in {settings.dashboard.token_file}; log in at "
+              f"http://{shown}:{port}/?token={settings.dashboard.auth_token}", file=sys.stderr, flush=True)
+    elif settings.dashboard.token_file is not None and settings.dashboard.auth_token:
+        log.info("event=dashboard_token source=file path=%s", settings.dashboard.token_file)
+    listening = f"emotion dashboard: listening on http://{host}:{port}/"
     try:
-        from waitress import serve as waitress_serve
+        from waitress import create_server
     except ImportError:
         log.info("event=dashboard_start server=flask host=%s port=%d", host, port)
+        print(listening, flush=True)
         app.server.run(host=host, port=port, threaded=True)
         return
+    try:
+        server = create_server(app.server, host=host, port=port, threads=8, channel_timeout=30,
+                               ident="emotion-dashboard")
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     log.info("event=dashboard_start server=waitress host=%s port=%d", host, port)
-    waitress_serve(app.server, host=host, port=port, threads=8, channel_timeout=30, ident="emotion-dashboard")
+    print(listening, flush=True)  # only now: the port is ours
+    server.run()

@@ -4,6 +4,9 @@ the model registry and (lazily) the model used by the Analyze page.
 Nothing here may hang a request: Redis calls time out in about two seconds, store queries run on a
 small thread pool and are abandoned after `query_timeout_s`, and every failure becomes a
 `SourceUnavailable` whose message the page shows in its error banner until the next refresh works.
+Messages are one readable line: never SQL, never a traceback. The store is migrated when it is first
+opened (as the recorder does), so a store the recorder has not prepared yet is an empty history,
+not an error. The model is local: with Redis away, the registry's CURRENT file says which to serve.
 """
 
 from __future__ import annotations
@@ -59,43 +62,47 @@ class DashboardContext:
             return fn(self.redis)
         except REDIS_DOWN_ERRORS as exc:
             raise SourceUnavailable(f"Redis at {redact(self.settings.redis_url)} is not answering "
-                                    f"({type(exc).__name__}); retrying") from None
+                                    f"({type(exc).__name__})") from None
         except redis.AuthenticationError:
             raise SourceUnavailable(f"Redis at {redact(self.settings.redis_url)} refused the credentials") from None
 
     # --- the SQL store ---------------------------------------------------------------------------
 
     def engine(self):
+        """The store's engine, migrated to the newest schema on first use (a failure is retried on the
+        next call: the database may still be starting)."""
+        from shared.store import describe_db_error, make_engine, migrate
+
         with self._lock:
             if self._engine is None:
                 try:
-                    from shared.store import make_engine
-                except ImportError as exc:
-                    raise SourceUnavailable(f"the history store is not available in this build ({exc})") from None
-                try:
-                    self._engine = make_engine(self.settings.database_url)
+                    engine = make_engine(self.settings.database_url)
                 except Exception as exc:  # noqa: BLE001 - any driver error is shown, not raised
-                    raise SourceUnavailable(f"cannot open the event store: {type(exc).__name__}: {exc}") from None
+                    raise SourceUnavailable(f"cannot open the event store: {describe_db_error(exc)}") from None
+                try:
+                    migrate(engine)
+                except Exception as exc:  # noqa: BLE001 - as above
+                    engine.dispose()
+                    log.warning("event=store_migrate_failed error=%r", exc)
+                    raise SourceUnavailable(f"the event store is not ready: {describe_db_error(exc)}") from None
+                self._engine = engine
             return self._engine
 
     def query(self, name: str, *args, **kwargs) -> Any:
         """Call `shared.store.queries.<name>(engine, ...)` with a time limit."""
-        try:
-            from shared.store import queries
-        except ImportError as exc:
-            raise SourceUnavailable(f"the history store is not available in this build ({exc})") from None
+        from shared.store import describe_db_error, queries
+
         engine = self.engine()
         future = self._pool.submit(getattr(queries, name), engine, *args, **kwargs)
         try:
             return future.result(timeout=self.query_timeout_s)
         except FutureTimeout:
-            raise SourceUnavailable(f"the event store did not answer within {self.query_timeout_s:.0f} s; "
-                                    "retrying") from None
+            raise SourceUnavailable(f"the event store did not answer within {self.query_timeout_s:.0f} s") from None
         except SourceUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken database must not break the page
             log.warning("event=store_query_failed query=%s error=%r", name, exc, exc_info=True)
-            raise SourceUnavailable(f"event store query failed: {type(exc).__name__}: {exc}") from None
+            raise SourceUnavailable(f"event store query failed: {describe_db_error(exc)}") from None
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -110,14 +117,26 @@ class DashboardContext:
                 self._detector = make_detector(self.settings.detector)
             return self._detector
 
+    def model_dir(self):
+        """Directory of the model to serve: the current version per Redis, or, with Redis away, per the
+        registry's CURRENT file (else the shipped default): analysing a photo needs no Redis."""
+        from shared.model_runtime import ModelError
+
+        try:
+            try:
+                return self.redis_call(lambda _c: self.registry().current_dir())
+            except SourceUnavailable as exc:
+                log.info("event=model_pointer_from_file reason=%r", str(exc))
+                return ModelRegistry(self.settings.registry_dir, None, self.keys,
+                                     self.settings.default_model_dir).current_dir()
+        except ModelError as exc:
+            raise SourceUnavailable(str(exc)) from None
+
     def model(self):
         """The currently promoted model (reloaded after a promotion), as a thread-safe wrapper."""
         from shared.model_runtime import EmotionModel, ModelError
 
-        try:
-            directory = self.redis_call(lambda _c: self.registry().current_dir())
-        except ModelError as exc:
-            raise SourceUnavailable(str(exc)) from None
+        directory = self.model_dir()
         with self._model_lock:
             if self._model is None or self._model_dir != directory:
                 try:
@@ -126,6 +145,19 @@ class DashboardContext:
                     raise SourceUnavailable(str(exc)) from None
                 self._model_dir = directory
             return self._model
+
+    def readiness(self) -> dict[str, str]:
+        """`ok`, or why not, for each thing the dashboard needs: Redis, the event store, the model."""
+        checks = {}
+        for name, probe in (("redis", lambda: self.redis_call(lambda c: c.ping())),
+                            ("store", lambda: self.query("ping")),
+                            ("model", self.model)):
+            try:
+                probe()
+                checks[name] = "ok"
+            except SourceUnavailable:
+                checks[name] = "unavailable"
+        return checks
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -137,3 +137,11 @@ def is_unavailable(exc: BaseException) -> bool:
                         sa.exc.TimeoutError)):
         return True
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
+def describe_db_error(exc: BaseException) -> str:
+    """One line for a database error, fit for a page or a terminal: the driver's own first line
+    (`no such table: events`), without SQLAlchemy's `[SQL: …]` statement, parameters or links."""
+    first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+    first = first.split(" [SQL:", 1)[0].strip()[:300]
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {first}" if first else type(exc).__name__

@@ -44,6 +44,7 @@ class SessionReport:
     shares: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["label", "count", "share"]))
     mean_probabilities: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["bucket", *PROB_COLUMNS]))
     counts_over_time: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["bucket", "label", "count"]))
+    cameras: dict[str, int] = field(default_factory=dict)  # faces per camera (a session may have several)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -202,6 +203,12 @@ def mean_probabilities(engine: Engine, start: datetime, end: datetime, bucket: B
     return _means(frame).drop(columns="count")
 
 
+def ping(engine: Engine) -> bool:
+    """The store answers a trivial query (the dashboard's readiness probe)."""
+    with engine.connect() as conn:
+        return conn.execute(sa.text("SELECT 1")).scalar() == 1
+
+
 def list_sessions(engine: Engine, limit: int = 100) -> pd.DataFrame:
     """Most recent sessions first: session_id, camera_id, source, started, ended, last_event, event_count."""
     order = sa.func.coalesce(sessions.c.started, sessions.c.last_event)
@@ -252,6 +259,9 @@ def session_report(engine: Engine, session_id: str) -> SessionReport:
                                                   for p, s in zip(PROB_COLUMNS, SUM_COLUMNS))]
         over_time = _frame(conn, sa.select(bucket, events.c.label, *sums).where(in_session)
                            .group_by(bucket, events.c.label))
+        per_camera = conn.execute(sa.select(events.c.camera_id, sa.func.count()).where(in_session)
+                                  .group_by(events.c.camera_id).order_by(events.c.camera_id)).all()
+    report.cameras = {str(camera): int(count) for camera, count in per_camera}
     over_time = _utc_columns(over_time, "bucket")
     over_time["count"] = over_time["count"].astype("int64")
     totals = over_time.groupby("label")["count"].sum()
