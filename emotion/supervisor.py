@@ -48,8 +48,13 @@ def _die_with_parent(parent_pid: int):
 
 
 def failure_line(log_path: Path, returncode: int | None) -> str:
-    """The child's own error line (`error: …` of `emotion <cmd>: error: …`), else the last line of its
-    log (the exception of a traceback), else its exit code."""
+    """Why a child stopped, in one line: killed by a signal; else its own error line (`error: …` of
+    `emotion <cmd>: error: …`); else the last line of its log (a traceback's exception); else its code."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
     try:
         with open(log_path, "rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))

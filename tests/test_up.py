@@ -1,0 +1,295 @@
+"""`emotion up` / `emotion start` as a user runs them: real processes against the test Redis.
+
+Every run is watched from outside: the pids of all its descendants are collected from /proc while
+it runs, and after it ends none of them may still be alive (no orphan publishing into the next run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from emotion.supervisor import failure_line
+from tests.proc_utils import clean_env, free_port, wait_for
+from tests.test_pipeline import write_demo_video
+
+UP_TIMEOUT_S = 150.0
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid`, from the parent pids in /proc/<pid>/stat."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+class UpRun:
+    """One `emotion <args>` process (up or start), its output in files, its descendants recorded."""
+
+    def __init__(self, args: list[str], env: dict[str, str], workdir: Path) -> None:
+        self.stdout_path, self.stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "emotion", *args], env=env, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, cwd=workdir, start_new_session=True)
+        self.pids: set[int] = set()
+
+    def watch(self, until=None, timeout: float = UP_TIMEOUT_S) -> None:
+        """Collect descendants until the process exits (or `until()` is true)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and not (until and until()):
+            self.pids |= descendants(self.proc.pid)
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"`emotion` did not finish within {timeout:.0f} s:\n{self.stderr[-3000:]}")
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = UP_TIMEOUT_S) -> int:
+        self.watch(timeout=timeout)
+        return self.proc.wait()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def summary(self) -> dict:
+        lines = [line for line in self.stdout_path.read_text().splitlines() if line.strip()]
+        assert lines, f"no summary on stdout; stderr:\n{self.stderr[-3000:]}"
+        return json.loads(lines[-1]) if len(lines) == 1 else json.loads("\n".join(lines))
+
+    def orphans(self, grace_s: float = 0.0) -> set[int]:
+        deadline = time.monotonic() + grace_s
+        while True:
+            left = {pid for pid in self.pids if alive(pid)}
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.1)
+
+    def kill_leftovers(self) -> None:
+        for pid in self.orphans():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def up_env(redis_url, redis_client, tmp_path, model_dir):
+    prefix = f"up{uuid.uuid4().hex[:6]}"
+    return clean_env(EMOTION_REDIS_URL=redis_url, EMOTION_PREFIX=prefix, EMOTION_DEFAULT_MODEL_DIR=str(model_dir),
+                     EMOTION_REGISTRY_DIR=str(tmp_path / "registry"), EMOTION_DATA_DIR=str(tmp_path / "data"),
+                     EMOTION_DATABASE_URL=f"sqlite:///{tmp_path / 'events.sqlite'}")
+
+
+@pytest.fixture
+def start_up(up_env, tmp_path):
+    runs: list[UpRun] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> UpRun:
+        workdir = tmp_path / f"run{len(runs)}"
+        workdir.mkdir()
+        run = UpRun(list(args), env or up_env, workdir)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+        run.kill_leftovers()
+
+
+def our_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("emotion up: ")]
+
+
+# --- a child that fails at start --------------------------------------------------------------------
+
+BAD_SOURCES = [("/nope/video.mp4", "/nope/video.mp4"), ("demo:/nope.npz", "does not exist"), ("0", "webcam 0")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source,expected", BAD_SOURCES, ids=["missing-file", "missing-npz", "no-webcam"])
+def test_bad_source_stops_the_run_with_its_own_message_and_no_orphan(start_up, source, expected):
+    """Guards the front door: a bad source used to end with exit 0, zeros and stopped_by=duration, the
+    message hidden in a log, and (with --classifiers 0) a capture left running."""
+    if source == "0" and Path("/dev/video0").exists():
+        pytest.skip("this machine has a webcam")
+    run = start_up("up", "--source", source, "--json", "--no-dashboard", "--duration", "30")
+    code = run.finish()
+    assert code == 2, run.stderr
+    errors = [line for line in our_lines(run.stderr) if line.startswith("emotion up: error: capture cam0")]
+    assert len(errors) == 1 and expected in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+    summary = run.summary
+    assert summary["stopped_by"] == "error" and summary["frames"] == 0
+    assert expected in summary["errors"][0]
+    assert len(run.pids) >= 3, "the run's children were not seen (detector, classifier, recorder, capture)"
+    assert not run.orphans(grace_s=5), f"processes outlived the run: {run.orphans()}"
+
+
+@pytest.mark.slow
+def test_start_without_a_webcam_fails_clearly(start_up):
+    if Path("/dev/video0").exists():
+        pytest.skip("this machine has a webcam")
+    run = start_up("start", "0", "--no-browser", "--port", str(free_port()))
+    assert run.finish() == 2, run.stderr
+    assert any("webcam 0" in line and "error" in line for line in our_lines(run.stderr)), run.stderr
+    assert run.summary["stopped_by"] == "error"
+    assert not any("dashboard http" in line for line in our_lines(run.stderr))
+    assert not run.orphans(grace_s=5)
+
+
+@pytest.mark.slow
+def test_taken_dashboard_port_is_reported_and_never_announced(start_up):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = start_up("up", "--source", "demo", "--duration", "30", "--json", "--no-recorder", "--port", str(port))
+        code = run.finish()
+    assert code == 2, run.stderr
+    lines = our_lines(run.stderr)
+    assert any(line.startswith("emotion up: error: dashboard") and "already in use" in line for line in lines), lines
+    assert not any("dashboard http" in line for line in lines), lines
+    assert run.summary["stopped_by"] == "error"
+    assert not run.orphans(grace_s=5)
+
+
+@pytest.mark.slow
+def test_dashboard_refusing_a_public_address_without_token_stops_the_run(start_up, up_env):
+    env = dict(up_env, EMOTION_DASHBOARD__HOST="0.0.0.0")
+    run = start_up("up", "--source", "demo", "--duration", "30", "--json", "--no-recorder", "--port",
+                   str(free_port()), env=env)
+    assert run.finish() == 2, run.stderr
+    lines = our_lines(run.stderr)
+    assert any("error: dashboard" in line and "EMOTION_DASHBOARD__AUTH_TOKEN" in line for line in lines), lines
+    assert not any("dashboard http" in line for line in lines), lines
+    assert not run.orphans(grace_s=5)
+
+
+@pytest.mark.parametrize("args,expected", [(["--classifiers", "0"], "--classifiers: must be at least 1"),
+                                           (["--duration", "-5"], "--duration: must be a positive number"),
+                                           (["--duration", "nan"], "--duration: must be a positive number"),
+                                           (["--port", "70000"], "--port: must be a port")])
+def test_arguments_are_validated_before_anything_starts(start_up, args, expected):
+    run = start_up("up", *args)
+    assert run.finish(timeout=30) == 2
+    assert f"emotion up: error: argument {expected}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    assert not run.orphans()
+
+
+# --- runs that go well ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_file_source_json_contract_and_clean_end(start_up, tmp_path):
+    """`emotion up --source FILE --json`: one JSON line with the counts, the file played to its end."""
+    video = tmp_path / "faces.avi"
+    write_demo_video(video, frames=30)
+    run = start_up("up", "--source", str(video), "--json", "--no-dashboard")
+    assert run.finish() == 0, run.stderr
+    assert len([line for line in run.stdout_path.read_text().splitlines() if line.strip()]) == 1
+    summary = run.summary
+    for field in ("session_id", "frames", "faces", "events", "frames_without_faces", "shed_frames", "lost",
+                  "dead_letters", "latency_ms_p50", "latency_ms_p95", "drained", "stopped_by", "recorded"):
+        assert field in summary, field
+    assert summary["stopped_by"] == "sources_ended" and summary["errors"] == []
+    assert summary["frames"] + summary["shed_frames"] == 30
+    assert summary["faces"] == summary["events"] == summary["recorded"] > 0
+    assert summary["frames_without_faces"] <= summary["frames"]
+    assert all(summary["drained"].values())
+    assert not run.orphans(grace_s=5)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_kill_9_leaves_no_child(start_up):
+    """A SIGTERM is a draining stop (stopped_by signal, exit 0); even a SIGKILL of `up`, which can run no
+    cleanup, takes every child with it (the kernel's parent-death signal)."""
+    ready = "every process is running"
+    run = start_up("up", "--source", "demo", "--json", "--no-dashboard", "--no-recorder")
+    run.watch(until=lambda: ready in run.stderr)
+    os.kill(run.proc.pid, signal.SIGTERM)
+    assert run.finish() == 0, run.stderr
+    assert run.summary["stopped_by"] == "signal" and run.summary["errors"] == []
+    assert not run.orphans(grace_s=5)
+
+    run = start_up("up", "--source", "demo", "--json", "--no-dashboard", "--no-recorder")
+    run.watch(until=lambda: ready in run.stderr)
+    run.pids |= descendants(run.proc.pid)
+    assert len(run.pids) >= 3
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.proc.wait()
+    assert not run.orphans(grace_s=30), f"children outlived a killed `up`: {run.orphans()}"
+
+
+@pytest.mark.slow
+def test_a_child_crash_mid_run_stops_the_run(start_up, up_env, redis_client):
+    """A detector killed while the pipeline runs: reported by name, stopped_by error, nothing left."""
+    run = start_up("up", "--source", "demo", "--json", "--no-dashboard", "--no-recorder")
+    run.watch(until=lambda: "every process is running" in run.stderr)
+    prefix = up_env["EMOTION_PREFIX"]
+    beats = [json.loads(redis_client.get(key)) for key in redis_client.scan_iter(f"{prefix}:heartbeat:detector:*")]
+    assert len(beats) == 1
+    os.kill(beats[0]["pid"], signal.SIGKILL)
+    assert run.finish() == 2, run.stderr
+    assert any(line.startswith("emotion up: error: detector exited") and "SIGKILL" in line
+               for line in our_lines(run.stderr)), run.stderr
+    assert run.summary["stopped_by"] == "error"
+    assert not run.orphans(grace_s=5)
+
+
+@pytest.mark.slow
+def test_capture_heartbeat_counts_capture_replicas(start_up, up_env, redis_client):
+    """Capture writes a heartbeat in the services' key scheme, so Health counts it; it is gone after the run."""
+    run = start_up("up", "--source", "demo", "--source", "demo", "--json", "--no-dashboard", "--no-recorder")
+    run.watch(until=lambda: "every process is running" in run.stderr)
+    prefix = up_env["EMOTION_PREFIX"]
+    beats = [json.loads(redis_client.get(k)) for k in redis_client.scan_iter(f"{prefix}:heartbeat:capture:*")]
+    assert sorted(b["camera_id"] for b in beats) == ["cam0", "cam1"]
+    assert all(b["service"] == "capture" and b["pid"] in run.pids for b in beats)
+    os.kill(run.proc.pid, signal.SIGINT)
+    assert run.finish() == 0, run.stderr
+    assert run.summary["stopped_by"] == "user"
+    assert not list(redis_client.scan_iter(f"{prefix}:heartbeat:capture:*"))
+
+
+# --- the supervisor's reading of a child's log -----------------------------------------------------
+
+def test_failure_line_prefers_the_childs_own_error_line(tmp_path):
+    log = tmp_path / "capture-0.log"
+    log.write_text("2026-01-01 INFO x event=start\n[ WARN:0] OpenCV noise\n"
+                   "emotion capture: error: cannot open video file /x.mp4 (unsupported format?)\n")
+    assert failure_line(log, 2) == "cannot open video file /x.mp4 (unsupported format?)"
+    log.write_text("emotion detector: invalid configuration: worker.batch_size: Input should be >= 1\n")
+    assert failure_line(log, 2) == "invalid configuration: worker.batch_size: Input should be >= 1"
+    log.write_text("Traceback (most recent call last):\n  File \"x\", line 1\nRuntimeError: boom\n")
+    assert failure_line(log, 1) == "RuntimeError: boom"
+    assert failure_line(log, -9) == "killed by SIGKILL"
+    assert failure_line(tmp_path / "missing.log", 3) == "exited with code 3 without a message"
