@@ -13,7 +13,6 @@ message (`emotion capture: error: …`) out of its log, so `up` can show it on t
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import redis
 
+from shared.heartbeats import read_heartbeats
 from shared.streams import Keys
 
 log = logging.getLogger(__name__)
@@ -173,11 +173,10 @@ class Supervisor:
 
 def heartbeat_pids(client: redis.Redis, keys: Keys) -> set[int]:
     """Process ids in the live heartbeats of every service (capture included)."""
-    names = list(client.scan_iter(match=keys.heartbeat_pattern(), count=500))
     pids = set()
-    for raw in client.mget(names) if names else []:
+    for beat in read_heartbeats(client, keys):
         try:
-            pids.add(int(json.loads(raw)["pid"]))
+            pids.add(int(beat["pid"]))
         except (TypeError, ValueError, KeyError):
             continue
     return pids

@@ -59,6 +59,20 @@ class ModelRegistry:
                         continue
         return found
 
+    def default_model(self) -> ModelMetadata | None:
+        """The shipped default model, listed as version `default` (promotable like any other), unless
+        a registered version has that name; None when no default model is installed."""
+        if self.default_dir is None or (self.root / DEFAULT_VERSION).exists():
+            return None
+        try:
+            return read_metadata(self.default_dir)
+        except ModelError:
+            return None
+
+    def served_version(self) -> str:
+        """The name of the model being served: the current version, else `default` (the shipped one)."""
+        return self.current_version() or DEFAULT_VERSION
+
     def current_version(self) -> str | None:
         if self.client is not None:
             value = self.client.get(self._current_key)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.emotions import emotion_index
 from shared.model_runtime import KERAS_FILE
 
 MODEL_NAMES = ("compact", "compact16", "compact48", "baseline")
@@ -66,6 +67,54 @@ class TrainConfig(BaseModel):
         if not value.expanduser().exists():
             raise ValueError(f"dataset path {value} does not exist")
         return value.expanduser()
+
+
+MAX_FOLDERS_LOOKED_AT = 50  # of a folder like / or /etc, a few dozen subfolders are enough to say no
+
+
+class DatasetPathError(ValueError):
+    """A dataset path that cannot be FER-2013 in any of its forms (checked before a job is queued)."""
+
+
+def dataset_problem(path: Path) -> str | None:
+    """Why `path` is not a dataset `trainer.data.load_dataset` can read, from names alone (no image is
+    read, so it is cheap enough for a form): None when it has the shape of one.
+
+    Accepted: a .npz or .csv file; a folder with .npz archives or fer2013*.csv; an image release
+    (<split>/<emotion>/ folders). A queued job on /etc would otherwise fail only when a worker runs it.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        return f"dataset path {path} does not exist"
+    if path.is_file():
+        return None if path.suffix.lower() in (".npz", ".csv") else f"{path} is neither a .npz archive nor a .csv file"
+    try:
+        children = list(path.iterdir())
+    except OSError as exc:
+        return f"dataset path {path} cannot be read ({exc.strerror or exc})"
+    if any(c.suffix == ".npz" for c in children) or any(c.name.startswith("fer2013") and c.suffix == ".csv"
+                                                          for c in children):
+        return None
+    if any(_has_emotion_folders(c) for c in children[:MAX_FOLDERS_LOOKED_AT]):
+        return None
+    return (f"{path} does not look like a FER-2013 dataset: expected fer2013.csv, .npz archives, or image folders "
+            "train/<emotion>/ and test/<emotion>/")
+
+
+def _has_emotion_folders(folder: Path) -> bool:
+    """A split folder of the image release: it holds at least one folder named after an emotion."""
+    try:
+        if not folder.is_dir():
+            return False
+        for child in folder.iterdir():
+            try:
+                if child.is_dir() and emotion_index(child.name) is not None:
+                    return True
+            except KeyError:
+                continue
+    except OSError:
+        return False
+    return False
 
 
 # TrainConfig fields that `emotion train` has a flag for (--fer-weight for fer_weight); the others

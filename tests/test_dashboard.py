@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import sys
 import time
-import types
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -22,6 +22,20 @@ from shared.schemas import encode
 from shared.streams import DETECTOR_GROUP
 from tests.test_analyze import png_bomb
 from tests.test_dashboard_support import emotion_event, face_png, frame_message, served_model_dir  # noqa: F401
+from tests.test_store_support import PG_URL, create_pg_database
+
+
+STRONG_TOKEN = "Zq3-strong-token-0123456789"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database (dropped afterwards)."""
+    name, drop = create_pg_database()
+    try:
+        yield PG_URL.format(name=name)
+    finally:
+        drop()
 
 
 @pytest.fixture
@@ -48,9 +62,58 @@ def test_public_host_requires_a_token(settings):
     with pytest.raises(AuthConfigError):
         _app(settings, host="0.0.0.0")
     check_auth_config(settings)  # 127.0.0.1: fine without
-    check_auth_config(public.model_copy(update={"dashboard": public.dashboard.model_copy(update={"auth_token": "t"})}))
+    check_auth_config(public.model_copy(update={"dashboard": public.dashboard.model_copy(
+        update={"auth_token": STRONG_TOKEN})}))
     assert main(["dashboard", "--host", "0.0.0.0", "--check-config"]) == 2
     assert main(["dashboard", "--check-config"]) == 0
+
+
+@pytest.mark.parametrize("token", ["x9!", "change-me-please", "only15charsxxxx", "admin:short-password",
+                                   "admin:change-me-please"])
+def test_weak_tokens_are_refused_on_a_public_address(settings, token, capsys, monkeypatch):
+    """Short tokens (under 16 characters of secret) and the example's placeholder protect nothing."""
+    from emotion.cli import main
+
+    public = settings.model_copy(update={"dashboard": settings.dashboard.model_copy(
+        update={"host": "0.0.0.0", "auth_token": token})})
+    with pytest.raises(AuthConfigError) as refused:
+        check_auth_config(public)
+    assert token not in str(refused.value)  # the message never repeats the token
+    monkeypatch.setenv("EMOTION_DASHBOARD__AUTH_TOKEN", token)
+    assert main(["dashboard", "--host", "0.0.0.0", "--check-config"]) == 2
+    err = capsys.readouterr().err
+    assert "EMOTION_DASHBOARD__AUTH_TOKEN" in err and token not in err
+    local = public.model_copy(update={"dashboard": public.dashboard.model_copy(update={"host": "127.0.0.1"})})
+    check_auth_config(local)  # on this machine alone any token will do
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_blank_token_is_no_token(blank):
+    from shared.settings import DashboardSettings
+
+    assert DashboardSettings(auth_token=blank).auth_token is None
+
+
+def test_token_file_is_generated_once_and_kept(settings, tmp_path):
+    """Without a token, `token_file` gives the dashboard a strong one of its own (0600), the same on every start."""
+    from services.dashboard.auth import resolve_token, token_problem
+
+    path = tmp_path / "volume" / "dashboard-token"
+    public = settings.model_copy(update={"dashboard": settings.dashboard.model_copy(
+        update={"host": "0.0.0.0", "token_file": path})})
+    check_auth_config(public)  # a token file is as good as a token
+    first, generated = resolve_token(public)
+    assert generated and path.is_file() and oct(path.stat().st_mode & 0o777) == "0o600"
+    token = first.dashboard.auth_token
+    assert token and token_problem(token) is None and path.read_text().strip() == token
+    again, generated = resolve_token(public)
+    assert not generated and again.dashboard.auth_token == token
+    configured = public.model_copy(update={"dashboard": public.dashboard.model_copy(
+        update={"auth_token": STRONG_TOKEN})})
+    assert resolve_token(configured)[0].dashboard.auth_token == STRONG_TOKEN  # a configured token wins
+    path.write_text("short\n")
+    with pytest.raises(AuthConfigError, match="too short"):
+        resolve_token(public)
 
 
 def test_token_in_header_query_cookie_or_basic_auth(dash_settings, redis_client):
@@ -213,19 +276,64 @@ def test_unreachable_redis_fails_fast(settings):
     assert time.monotonic() - started < 3
 
 
-def test_slow_store_times_out_with_a_message(settings, monkeypatch):
-    """A store query that does not return is abandoned after the timeout, as an error for the banner."""
-    queries = types.SimpleNamespace(emotion_shares=lambda engine, *a, **k: time.sleep(5))
-    store = types.ModuleType("shared.store")
-    store.make_engine = lambda url: object()
-    store.queries = queries
-    monkeypatch.setitem(sys.modules, "shared.store", store)
-    ctx = DashboardContext(settings, query_timeout_s=0.3)
-    started = time.monotonic()
-    with pytest.raises(SourceUnavailable, match="did not answer"):
-        ctx.query("emotion_shares", None, None)
-    assert time.monotonic() - started < 2
-    ctx.close()
+def test_slow_store_times_out_with_a_message(settings, postgres_url):
+    """A store query that does not return (a table locked by another transaction, on a real PostgreSQL)
+    is abandoned after the timeout, as a one-line error for the banner."""
+    import sqlalchemy as sa
+
+    from shared.store import make_engine, migrate
+
+    migrate(postgres_url)
+    ctx = DashboardContext(settings.model_copy(update={"database_url": postgres_url}), query_timeout_s=0.3)
+    locker = make_engine(postgres_url)
+    try:
+        ctx.query("ping")  # opened and migrated before the lock
+        with locker.connect() as conn:
+            conn.execute(sa.text("LOCK TABLE events IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            with pytest.raises(SourceUnavailable, match="did not answer"):
+                ctx.query("emotion_shares", datetime.now(timezone.utc) - timedelta(hours=1),
+                          datetime.now(timezone.utc))
+            assert time.monotonic() - started < 2
+            conn.rollback()
+    finally:
+        locker.dispose()
+        ctx.close()
+
+
+def test_unmigrated_store_is_an_empty_history_not_sql(settings, tmp_path):
+    """The dashboard migrates a store the recorder has not prepared yet (it used to show
+    `OperationalError ... no such table: rollups_minute [SQL: ...]`), and a broken store is one line."""
+    fresh = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'fresh.sqlite'}"})
+    ctx = DashboardContext(fresh)
+    try:
+        now = datetime.now(timezone.utc)
+        assert ctx.query("emotion_shares", now - timedelta(hours=1), now).empty
+        assert ctx.query("list_sessions").empty
+    finally:
+        ctx.close()
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database" * 100)
+    ctx = DashboardContext(settings.model_copy(update={"database_url": f"sqlite:///{garbage}"}))
+    try:
+        with pytest.raises(SourceUnavailable) as broken:
+            ctx.query("list_sessions")
+        message = str(broken.value)
+        assert "not a database" in message and "[SQL" not in message and "\n" not in message
+    finally:
+        ctx.close()
+
+
+def test_describe_db_error_drops_the_statement(tmp_path):
+    import sqlalchemy as sa
+
+    from shared.store import describe_db_error
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with pytest.raises(sa.exc.OperationalError) as raised, engine.connect() as conn:
+        conn.execute(sa.text("SELECT * FROM rollups_minute WHERE minute > :m"), {"m": 1})
+    assert "[SQL" in str(raised.value)
+    assert describe_db_error(raised.value) == "OperationalError: no such table: rollups_minute"
 
 
 # --- history ranges -------------------------------------------------------------------------------
@@ -241,3 +349,202 @@ def test_ranges_and_buckets():
         resolve_range("custom", "", None)
     assert [auto_bucket(timedelta(minutes=m)) for m in (5, 60, 60 * 48, 60 * 24 * 30)] == \
         ["second", "minute", "hour", "day"]
+
+
+# --- probes, Host allow-list, headers, access log ----------------------------------------------------
+
+def test_readyz_is_503_while_redis_is_stopped_and_healthz_stays_up(dash_settings, tmp_path):
+    """/healthz is liveness only; /readyz checks Redis, the store and the model (503 naming what is down)."""
+    from tests.proc_utils import RedisServer
+
+    server = RedisServer(tmp_path / "redis", appendonly=False).start()
+    settings = dash_settings.model_copy(update={"redis_url": server.url})
+    client = _app(settings).server.test_client()
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.get_json()
+        assert ready.get_json() == {"ready": True, "checks": {"redis": "ok", "store": "ok", "model": "ok"}}
+    finally:
+        server.stop()
+    down = client.get("/readyz")
+    assert down.status_code == 503
+    assert down.get_json()["checks"] == {"redis": "unavailable", "store": "ok", "model": "ok"}
+    assert client.get("/healthz").status_code == 200
+
+
+def test_probes_need_no_token_but_say_nothing_secret(dash_settings, redis_client):
+    client = _app(dash_settings, auth_token=STRONG_TOKEN).server.test_client()
+    assert client.get("/healthz").status_code == 200
+    body = client.get("/readyz").get_data(as_text=True)
+    assert "redis://" not in body and "sqlite" not in body
+
+
+@pytest.mark.parametrize("host,allowed", [("localhost", True), ("localhost:8050", True), ("127.0.0.1:8050", True),
+                                          ("[::1]:8050", True), ("evil.example", False),
+                                          ("evil.example:8050", False), ("127.0.0.1.evil.example", False)])
+def test_without_a_token_only_local_host_headers_are_served(dash_settings, redis_client, host, allowed):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the dashboard."""
+    client = _app(dash_settings).server.test_client()
+    response = client.get("/live", headers={"Host": host})
+    assert response.status_code == (200 if allowed else 400), response.get_data(as_text=True)
+
+
+def test_allowed_hosts_extend_the_list_and_a_token_replaces_it(dash_settings, redis_client):
+    client = _app(dash_settings, allowed_hosts="emotion.lan, kiosk").server.test_client()
+    assert client.get("/live", headers={"Host": "emotion.lan:8050"}).status_code == 200
+    assert client.get("/live", headers={"Host": "other.lan"}).status_code == 400
+    client = _app(dash_settings, auth_token=STRONG_TOKEN).server.test_client()
+    assert client.get("/live", headers={"Host": "anything.example",
+                                        "Authorization": f"Bearer {STRONG_TOKEN}"}).status_code == 200
+
+
+def test_security_headers_on_every_response(dash_settings, redis_client):
+    client = _app(dash_settings, auth_token=STRONG_TOKEN).server.test_client()
+    for response in (client.get("/live"), client.get("/live", headers={"Authorization": f"Bearer {STRONG_TOKEN}"}),
+                     client.get("/healthz")):
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_every_4xx_is_logged_without_the_token(dash_settings, redis_client, caplog):
+    client = _app(dash_settings, auth_token=STRONG_TOKEN).server.test_client()
+    with caplog.at_level("WARNING", logger="services.dashboard.auth"):
+        assert client.get("/live?token=wrong-guess-0123456789").status_code == 401
+        assert _post(client, b"hello").status_code == 401
+        assert client.get(f"/assets/missing.css?token={STRONG_TOKEN}").status_code == 404
+        assert client.post("/api/analyze", headers={"Authorization": f"Bearer {STRONG_TOKEN}"}, data={},
+                           content_type="multipart/form-data").status_code == 400
+    lines = [r.getMessage() for r in caplog.records if "event=http_error" in r.getMessage()]
+    assert [line.split()[1] for line in lines] == ["status=401", "status=401", "status=404", "status=400"]
+    assert "path=/live" in lines[0] and "path=/assets/missing.css" in lines[2]
+    assert not any(STRONG_TOKEN in line or "wrong-guess" in line for line in lines)
+
+
+# --- Analyze without Redis; no "retrying" in the API -------------------------------------------------
+
+def test_analyze_works_without_redis(dash_settings, face_png):  # noqa: F811
+    """The model is local: with Redis unreachable the API still answers (the CURRENT file or the default)."""
+    settings = dash_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    response = _post(_app(settings).server.test_client(), face_png.read_bytes(), "astronaut.png")
+    assert response.status_code == 200, response.get_json()
+    assert len(response.get_json()["faces"]) == 1
+
+
+def test_api_errors_never_say_retrying(settings, tmp_path, face_png):  # noqa: F811
+    bare = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "default_model_dir": tmp_path / "none"})
+    response = _post(_app(bare).server.test_client(), face_png.read_bytes())
+    assert response.status_code == 503
+    assert "retrying" not in response.get_json()["error"] and "no current model" in response.get_json()["error"]
+
+
+# --- figures and defaults that must not mislead -------------------------------------------------------
+
+def test_health_chart_without_readings_has_no_date_axis():
+    """An empty date axis renders as January 2000: without two readings the chart says it is waiting."""
+    from services.dashboard.pages.health import RATE_SERIES, rates_figure
+
+    empty = rates_figure([])
+    assert empty.layout.xaxis.visible is False and "Waiting" in empty.layout.annotations[0].text
+    points = [{"t": "2026-12-01 10:00:00", "y": [1.0] * len(RATE_SERIES)},
+              {"t": "2026-12-01 10:00:02", "y": [2.0] * len(RATE_SERIES)}]
+    drawn = rates_figure(points)
+    assert drawn.layout.xaxis.type == "date" and list(drawn.data[0].x) == [p["t"] for p in points]
+
+
+def test_live_timeline_is_drawn_whole_with_its_first_events_then_extended(redis_client, keys):
+    from dash import no_update
+
+    from services.dashboard.pages.live import _timeline_update
+
+    assert _timeline_update([], drawn=False) == (no_update, no_update)
+    for i in range(3):
+        redis_client.xadd(keys.events, encode(emotion_event("cam1", i, label="sad")))
+    events = EventWindow(redis_client, keys).refresh()
+    figure, extension = _timeline_update(events, drawn=False)
+    assert extension is no_update and sum(len(trace.x) for trace in figure.data) == 3
+    figure, extension = _timeline_update(events[-1:], drawn=True)
+    assert figure is no_update and sum(len(xs) for xs in extension[0]["x"]) == 1
+
+
+def test_stopped_cameras_are_told_apart_from_capturing_ones(redis_client, keys):
+    from services.dashboard.live import capturing_cameras
+
+    redis_client.set(keys.heartbeat("capture", "capture-a-host-1"), '{"service": "capture", "camera_id": "a"}', ex=10)
+    redis_client.set(keys.heartbeat("detector", "d1"), '{"service": "detector"}', ex=10)
+    assert capturing_cameras(redis_client, keys) == {"a"}
+
+
+def test_sessions_page_opens_the_newest_session_with_faces(settings, tmp_path):
+    """A run that failed at once (no events) is listed but not opened by default; a two-camera run of
+    `emotion up` is labelled with both cameras."""
+    from services.dashboard.pages.sessions import session_options
+    from shared.store import make_engine, migrate, open_session, record_events
+
+    url = f"sqlite:///{tmp_path / 'sessions.sqlite'}"
+    migrate(url)
+    engine = make_engine(url)
+    now = int(time.time() * 1000)
+    open_session(engine, "s-good", source="cam0=demo, cam1=demo",
+                 started=datetime.now(timezone.utc) - timedelta(minutes=5))
+    record_events(engine, [emotion_event(cam, i, session_id="s-good", captured_ms=now - 200_000 + i)
+                           for i in range(3) for cam in ("cam0", "cam1")])
+    open_session(engine, "s-failed", source="cam0=/nope.mp4", started=datetime.now(timezone.utc))
+    engine.dispose()
+    ctx = DashboardContext(settings.model_copy(update={"database_url": url}))
+    try:
+        options, default, error = session_options(ctx)
+        assert error is None and [o["value"] for o in options] == ["s-failed", "s-good"]
+        assert default == "s-good"
+        assert "cam0=demo, cam1=demo" in options[1]["label"] and "6 faces" in options[1]["label"]
+        report = ctx.query("session_report", "s-good")
+        assert report.cameras == {"cam0": 3, "cam1": 3}
+    finally:
+        ctx.close()
+
+
+# --- Training: the dataset path, the worker, the default model ---------------------------------------
+
+@pytest.mark.parametrize("path,problem", [("/etc", "does not look like a FER-2013 dataset"),
+                                          ("/etc/passwd", "neither a .npz archive nor a .csv"),
+                                          ("/nonexistent/fer", "does not exist")])
+def test_dataset_paths_that_cannot_be_fer2013_are_refused(path, problem):
+    from shared.training import dataset_problem
+
+    assert problem in dataset_problem(Path(path))
+
+
+def test_dataset_layouts_that_can_be_fer2013_pass(tmp_path):
+    from shared.training import dataset_problem
+
+    (tmp_path / "npz").mkdir()
+    (tmp_path / "npz" / "fer2013_training.npz").write_bytes(b"")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "fer2013.csv").write_text("emotion,pixels,Usage\n")
+    (tmp_path / "images" / "train" / "happy").mkdir(parents=True)
+    for folder in ("npz", "csv", "images"):
+        assert dataset_problem(tmp_path / folder) is None, folder
+    assert dataset_problem(tmp_path / "npz" / "fer2013_training.npz") is None
+
+
+def test_training_page_says_whether_a_worker_listens(redis_client):
+    from services.dashboard.pages.training import listening_workers, workers_notice
+
+    assert listening_workers(redis_client) == 0
+    notice = workers_notice(0, 2)
+    assert "No worker is listening" in notice.children and "2 queued job(s)" in notice.children
+    assert "1 worker(s) listening" in workers_notice(1, 0).children
+
+
+def test_default_model_is_listed_among_versions_and_served(dash_settings, redis_client):
+    from services.dashboard.pages.training import _versions
+    from shared.model_runtime import read_metadata
+
+    ctx = DashboardContext(dash_settings)
+    try:
+        versions, served = _versions(ctx)
+    finally:
+        ctx.close()
+    assert served == "default"
+    assert [name for name, _ in versions] == ["default"]
+    assert versions[0][1].version == read_metadata(dash_settings.default_model_dir).version

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.registry import ModelRegistry
 from shared.streams import Keys
-from shared.training import TrainConfig
+from shared.training import DatasetPathError, TrainConfig, dataset_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,27 @@ def training_queue(client: redis.Redis):
     return Queue(TRAINING_QUEUE, connection=client, serializer=serializer())
 
 
+def listening_workers(client: redis.Redis) -> int:
+    """RQ workers registered for the training queue (a worker that died unannounced counts until its
+    registration expires, RQ's worker_ttl)."""
+    from rq import Worker
+
+    return Worker.count(connection=client, queue=training_queue(client))
+
+
 def new_version(cfg: TrainConfig) -> str:
     return f"{cfg.model}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
 
 
 def enqueue_training(client: redis.Redis, cfg: TrainConfig, settings, *, version: str | None = None,
                      job_timeout: int = JOB_TIMEOUT_S, result_ttl: int = RESULT_TTL_S):
-    """Put a training run on the `training` queue; `settings` is a Settings or JobSettings."""
+    """Put a training run on the `training` queue; `settings` is a Settings or JobSettings.
+
+    Raises DatasetPathError for a dataset path of no known layout: better now than in the worker."""
     job_settings = settings if isinstance(settings, JobSettings) else JobSettings.from_settings(settings)
     cfg = TrainConfig.model_validate(cfg.model_dump())  # validated here, and again in the worker
+    if problem := dataset_problem(cfg.data):
+        raise DatasetPathError(problem)
     if cfg.run_dir is not None:
         cfg = cfg.model_copy(update={"run_dir": Path(cfg.run_dir).resolve()})
     cfg = cfg.model_copy(update={"data": Path(cfg.data).resolve(), "extra": [Path(p).resolve() for p in cfg.extra],

@@ -8,36 +8,55 @@ import json
 from shared.registry import ROLES
 
 
-def _registry(required_redis: bool, role: str = "fast"):
+def _registry(role: str = "fast", required_redis: bool = True, wait_s: float = 5.0):
+    """The registry of one role, with its Redis: the current-model pointers live there, so without Redis
+    no command could tell the truth about what is served (RedisUnavailable, exit 2). Only copying a
+    model into the registry (`ship --register`) may go without."""
     from shared.bootstrap import redis_from, registry_from
     from shared.redis_conn import RedisUnavailable
     from shared.settings import Settings
 
     settings = Settings()
     try:
-        client = redis_from(settings, wait_s=5.0 if required_redis else 1.0)
+        client = redis_from(settings, wait_s=wait_s if required_redis else 1.0)
     except RedisUnavailable:
         if required_redis:
             raise
-        client = None  # listing still works from the registry directory and its CURRENT file
+        client = None
     return registry_from(settings, client, role)
 
 
+def _row(name: str, meta, served: str) -> dict:
+    public = meta.metrics.get("PublicTest") or {}
+    return {"version": name, "current": name == served, "architecture": meta.architecture,
+            "created": getattr(meta, "created", None), "params": getattr(meta, "params", None),
+            "top1": public.get("top1"), "top1_tta": public.get("top1_tta"), "macro_f1": public.get("macro_f1")}
+
+
 def cmd_list(args) -> int:
-    registry = _registry(required_redis=False)
-    current = registry.current_version()
-    rows = []
-    for meta in registry.versions():
-        public = meta.metrics.get("PublicTest") or {}
-        rows.append({"version": meta.version, "current": meta.version == current, "architecture": meta.architecture,
-                     "created": getattr(meta, "created", None), "params": getattr(meta, "params", None),
-                     "top1": public.get("top1"), "top1_tta": public.get("top1_tta"),
-                     "macro_f1": public.get("macro_f1")})
+    """Every version (and the shipped default), the fast role's served one starred, and what each role serves."""
+    from shared.registry import DEFAULT_VERSION
+
+    registry = _registry("fast")
+    serving = {}
+    for role in ROLES:
+        view = registry if role == "fast" else _registry(role)
+        serving[role] = {"version": view.served_version(), "dir": str(view.current_dir())}
+    served = serving["fast"]["version"]
+    rows = [_row(meta.version, meta, served) for meta in registry.versions()]
+    default = registry.default_model()
+    if default is not None:
+        rows.append(_row(DEFAULT_VERSION, default, served))
     if args.json:
-        print(json.dumps({"current": current, "registry": str(registry.root), "versions": rows}))
+        print(json.dumps({"current": registry.current_version(), "serving": serving, "registry": str(registry.root),
+                          "versions": rows}))
         return 0
+    for role, what in (("fast", "live classifiers"), ("accurate", "photo and offline analysis")):
+        name = serving[role]["version"]
+        print(f"serving ({role}, {what}): {name} ({serving[role]['dir']})"
+              + (": no version promoted, the shipped default" if name == DEFAULT_VERSION else ""))
     if not rows:
-        print(f"no models in {registry.root}" + (f" (current: {current})" if current else ""))
+        print(f"no models in {registry.root}")
         return 0
     print(f"{'':2}{'version':32} {'architecture':12} {'PublicTest top-1':>16} {'macro F1':>8}  created")
     for row in rows:
@@ -49,7 +68,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    registry = _registry(required_redis=True, role=args.role)
+    registry = _registry(args.role)
     previous = registry.current_version()
     registry.promote(args.version)
     print(f"promoted {args.version}" + (f" (previous: {previous})" if previous else ""))
@@ -57,7 +76,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    registry = _registry(required_redis=True, role=args.role)
+    registry = _registry(args.role)
     version = registry.rollback()
     print(f"rolled back to {version}")
     return 0
@@ -75,7 +94,7 @@ def cmd_ship(args) -> int:
     meta = read_metadata(out)
     summary = {"version": meta.version, "model_dir": str(out), "metrics": meta.metrics}
     if args.register:
-        registry = _registry(required_redis=args.promote, role=args.role)
+        registry = _registry(args.role, required_redis=args.promote)
         summary["registered"] = registry.register(out)
         if args.promote:
             registry.promote(meta.version)
@@ -87,11 +106,11 @@ def cmd_ship(args) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, promote or roll back registered models")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = actions.add_parser("list", help="registered versions, the current one starred")
+    q = actions.add_parser("list", help="registered versions and the shipped default; the one served starred")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=cmd_list)
     q = actions.add_parser("promote", help="make VERSION the current model of a role (fast: the live classifiers)")
-    q.add_argument("version")
+    q.add_argument("version", help="a version of `emotion models list` (or `default`, the shipped model)")
     q.add_argument("--role", choices=ROLES, default="fast", help="model role (default fast)")
     q.set_defaults(func=cmd_promote)
     q = actions.add_parser("rollback", help="return a role to its previously current version")

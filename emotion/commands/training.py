@@ -100,7 +100,12 @@ def cmd_train(args) -> int:
     cfg = _train_config(args)
     settings = _settings()
     if args.enqueue:
-        job = enqueue_training(_connect(settings), cfg, settings, version=args.version)
+        from shared.training import DatasetPathError
+
+        try:
+            job = enqueue_training(_connect(settings), cfg, settings, version=args.version)
+        except DatasetPathError as exc:
+            raise UserError(str(exc)) from None
         print(f"queued training job {job.id} on queue '{job.origin}' (run `emotion worker` to process it; "
               f"`emotion job status {job.id}` shows progress)", file=sys.stderr)
         print(job.id)
@@ -145,6 +150,10 @@ def _pick_split(path: Path, name: str | None):
         return splits[wanted]
     if len(splits) == 1 and (wanted is None or path.is_file()):
         split = next(iter(splits.values()))
+        if wanted and split.name not in (wanted, "Unknown"):
+            # A file of one known split is never relabelled: scores of PublicTest called "Training" mislead.
+            raise UserError(f"{path} holds the {split.name} split, not {wanted}: drop --split, or pass the file "
+                            f"or folder that has {wanted}")
         split.name = wanted or (split.name if split.name != "Unknown" else path.stem)
         return split
     if wanted is None and "PublicTest" in splits:

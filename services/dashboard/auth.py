@@ -56,7 +56,7 @@ def token_problem(token: str) -> str | None:
     if token.lower() in PLACEHOLDER_TOKENS or secret.lower() in PLACEHOLDER_TOKENS:
         return "is the placeholder of the example configuration"
     if len(secret) < MIN_SECRET_CHARS:
-        return (f"is too short ({len(secret)} characters of secret; at least {MIN_SECRET_CHARS}, e.g. "
+        return (f"is too short ({len(secret)} character(s) of secret; at least {MIN_SECRET_CHARS}, e.g. "
                 "python -c \"import secrets; print(secrets.token_urlsafe(24))\")")
     return None
 

@@ -92,8 +92,9 @@ class DashboardContext:
         """Call `shared.store.queries.<name>(engine, ...)` with a time limit."""
         from shared.store import describe_db_error, queries
 
-        engine = self.engine()
-        future = self._pool.submit(getattr(queries, name), engine, *args, **kwargs)
+        # The engine is opened (and the store migrated) on the pool too: a database that hangs at
+        # its first use must not hang the request either.
+        future = self._pool.submit(lambda: getattr(queries, name)(self.engine(), *args, **kwargs))
         try:
             return future.result(timeout=self.query_timeout_s)
         except FutureTimeout:

@@ -8,7 +8,6 @@ Frames are big (JPEG), so they are fetched one at a time, by time window around 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
+from shared.heartbeats import read_heartbeats
 from shared.schemas import EmotionEvent, FrameMessage, MessageError, decode
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys
 
@@ -88,6 +88,11 @@ def events_after(events: list[LiveEvent], stream_id: str | None) -> list[LiveEve
         return events
     after = parse_id(stream_id)
     return [e for e in events if e.entry_id > after]
+
+
+def capturing_cameras(client: redis.Redis, keys: Keys) -> set[str]:
+    """Cameras whose capture is running now: its heartbeat is live (capture deletes it when it stops)."""
+    return {str(beat["camera_id"]) for beat in read_heartbeats(client, keys, "capture") if "camera_id" in beat}
 
 
 def known_cameras(client: redis.Redis, keys: Keys, events: list[LiveEvent]) -> list[str]:
@@ -224,18 +229,7 @@ def pipeline_snapshot(client: redis.Redis, keys: Keys) -> dict:
                 lag = info.get("lag")
                 groups[service] = {"lag": None if lag is None else int(lag), "pending": int(info.get("pending", 0)),
                                    "consumers": int(info.get("consumers", 0))}
-    heartbeat_keys = list(client.scan_iter(match=keys.heartbeat_pattern(), count=200))[:500]
-    beats: list[dict] = []
-    if heartbeat_keys:
-        for raw in client.mget(heartbeat_keys):
-            if not raw:
-                continue
-            try:
-                beat = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(beat, dict):
-                beats.append(beat)
+    beats = read_heartbeats(client, keys)
     return {"ts_ms": int(time.time() * 1000), "stats": stats, "lengths": lengths, "dead": dead, "groups": groups,
             "heartbeats": beats}
 

@@ -2,6 +2,11 @@
 
 The same analysis is served as JSON by `POST /api/analyze` (see app.py); both go through
 `shared.analyze`, which refuses oversized, non-image, corrupt and decompression-bomb uploads.
+
+Every refused upload gets a message on the page. The upload component filters nothing itself (a
+file it rejects would vanish without a word): any file is read, a file over the size limit is
+refused in the browser (its bytes never reach the server, whose request cap would answer 413 to a
+callback nobody sees), and the server judges the type of everything else.
 """
 
 from __future__ import annotations
@@ -27,14 +32,35 @@ def layout(ctx: DashboardContext, query: dict) -> html.Div:
     return html.Div([
         ui.page_header("Analyze a photo", "Faces are detected and classified on the server; nothing is stored."),
         dcc.Upload(id="analyze-upload", className="upload", multiple=False,
-                   accept="image/jpeg,image/png,image/bmp,image/webp",
                    children=html.Div([html.Div("⬆", className="upload-icon"),
                                       html.Div(["Drop a photo here or ", html.A("choose a file")]),
                                       html.Div(f"JPEG, PNG, BMP or WebP, up to {limit_mb:.0f} MB",
                                                className="upload-hint")])),
+        dcc.Store(id="analyze-limit", data=ctx.settings.dashboard.max_upload_bytes),
+        dcc.Store(id="analyze-payload"),
+        html.Div(id="analyze-client-banner"),
         html.Div(id="analyze-banner"),
         dcc.Loading(html.Div(id="analyze-result"), type="dot"),
     ])
+
+
+# In the browser: pass an upload on to the server only when it is within the size limit, else say
+# why right away. The size is the decoded length of the data URL's base64 part.
+SIZE_CHECK = """
+function(contents, filename, limit) {
+    if (!contents) { return [window.dash_clientside.no_update, null, ""]; }
+    const encoded = contents.slice(contents.indexOf(",") + 1);
+    const padding = encoded.endsWith("==") ? 2 : (encoded.endsWith("=") ? 1 : 0);
+    const size = Math.floor(encoded.length * 3 / 4) - padding;
+    if (size > limit) {
+        const mb = (n) => (n / 1048576).toFixed(1) + " MB";
+        const message = (filename || "upload") + ": image of " + mb(size) + " exceeds the limit of " + mb(limit)
+            + "; nothing was sent";
+        return [null, message, "banner banner-warning"];
+    }
+    return [{contents: contents, filename: filename}, null, ""];
+}
+"""
 
 
 def probability_table(result) -> html.Div:
@@ -50,12 +76,19 @@ def probability_table(result) -> html.Div:
 
 
 def register(app, ctx: DashboardContext) -> None:
+    app.clientside_callback(SIZE_CHECK, Output("analyze-payload", "data"), Output("analyze-client-banner", "children"),
+                            Output("analyze-client-banner", "className"), Input("analyze-upload", "contents"),
+                            State("analyze-upload", "filename"), State("analyze-limit", "data"),
+                            prevent_initial_call=True)
+
     @app.callback(Output("analyze-result", "children"), Output("analyze-banner", "children"),
-                  Input("analyze-upload", "contents"), State("analyze-upload", "filename"),
-                  prevent_initial_call=True)
-    def _analyze(contents, filename):
+                  Input("analyze-payload", "data"), prevent_initial_call=True)
+    def _analyze(payload):
+        if not payload:
+            return None, None  # refused in the browser: its message is already shown
+        contents, filename = payload.get("contents"), payload.get("filename")
         if not contents:
-            return None, None
+            return None, ui.banner("the upload could not be read (empty)")
         _, _, encoded = contents.partition(",")
         try:
             data = base64.b64decode(encoded, validate=True)

@@ -1,8 +1,9 @@
 """Pipeline health: per-stage rates, stream lengths, consumer-group lag and pending, live replicas
 (from heartbeats), shed frames, dead letters and capture→event latency percentiles.
 
-Rates are differences of the stats counters between two refreshes; the previous snapshot is kept in
-the browser (dcc.Store), so the server holds no per-viewer state.
+Rates are differences of the stats counters between two refreshes; the previous snapshot and the
+last RATE_POINTS rates are kept in the browser (dcc.Store), so the server holds no per-viewer state,
+and the throughput chart is drawn from them: never an empty date axis (which shows January 2000).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dash import Input, Output, State, dcc, html, no_update
 import plotly.graph_objects as go
 
 from services.dashboard import ui
-from services.dashboard.charts import base_layout
+from services.dashboard.charts import base_layout, empty_figure
 from services.dashboard.context import DashboardContext, SourceUnavailable
 from services.dashboard.live import STAGES, percentile, pipeline_snapshot
 
@@ -23,6 +24,7 @@ NAME = "health"
 PATH = "/health"
 TITLE = "Pipeline health"
 REFRESH_MS = 2000
+RATE_POINTS = 150  # five minutes of refreshes
 RATE_SERIES = (("frames captured / s", "capture", "published"), ("frames detected / s", "detector", "entries_in"),
                ("faces classified / s", "classifier", "entries_in"), ("events recorded / s", "recorder", "entries_in"))
 
@@ -40,10 +42,14 @@ def rates(current: dict, previous: dict | None) -> dict[str, dict[str, float]]:
     return out
 
 
-def rates_figure() -> go.Figure:
+def rates_figure(points: list[dict]) -> go.Figure:
+    """`points`: [{"t": "YYYY-mm-dd HH:MM:SS", "y": [one rate per RATE_SERIES]}], oldest first."""
+    if not points:
+        return empty_figure("Waiting for a second reading…", height=280)
     fig = go.Figure()
-    for label, _service, _counter in RATE_SERIES:
-        fig.add_scatter(x=[], y=[], name=label, mode="lines+markers", marker=dict(size=4))
+    for index, (label, _service, _counter) in enumerate(RATE_SERIES):
+        fig.add_scatter(x=[p["t"] for p in points], y=[p["y"][index] for p in points], name=label,
+                        mode="lines+markers", marker=dict(size=4))
     fig.update_layout(**base_layout(height=280, uirevision="rates", xaxis=dict(type="date", gridcolor="#eef1f4"),
                                     yaxis=dict(rangemode="tozero", gridcolor="#eef1f4", title="per second")))
     return fig
@@ -56,7 +62,8 @@ def layout(ctx: DashboardContext, query: dict) -> html.Div:
         html.Div(id="health-kpis", className="kpi-row"),
         ui.card("Stages", html.Div(id="health-stages")),
         html.Div(className="grid-2", children=[
-            ui.card("Throughput", dcc.Graph(id="health-rates", figure=rates_figure(), config={"displayModeBar": False})),
+            ui.card("Throughput", dcc.Graph(id="health-rates", figure=rates_figure([]),
+                                            config={"displayModeBar": False})),
             ui.card("Live replicas (heartbeats)", html.Div(id="health-replicas")),
         ]),
         dcc.Interval(id="health-tick", interval=REFRESH_MS),
@@ -100,14 +107,15 @@ def _replica_rows(beats: list[dict], now_ms: int) -> list[list]:
 def register(app, ctx: DashboardContext) -> None:
     @app.callback(Output("health-banner", "children"), Output("health-kpis", "children"),
                   Output("health-stages", "children"), Output("health-replicas", "children"),
-                  Output("health-rates", "extendData"), Output("health-prev", "data"),
+                  Output("health-rates", "figure"), Output("health-prev", "data"),
                   Input("health-tick", "n_intervals"), State("health-prev", "data"))
     def _refresh(_n, previous):
         try:
             snapshot = ctx.redis_call(lambda c: pipeline_snapshot(c, ctx.keys))
             events = ctx.redis_call(lambda _c: ctx.events.refresh())
         except SourceUnavailable as exc:
-            return ui.banner(str(exc)), no_update, no_update, no_update, no_update, no_update
+            return (ui.banner(f"{exc}; retrying"), no_update, no_update, no_update,
+                    empty_figure("Redis is not answering", height=280), no_update)
         now_ms = int(time.time() * 1000)
         per_s = rates(snapshot, previous)
         replicas: dict[str, int] = defaultdict(int)
@@ -128,10 +136,10 @@ def register(app, ctx: DashboardContext) -> None:
                           class_name="stages-table")
         replica_table = ui.table(["service", "consumer", "entries", "dead", "busy", "last beat"],
                                  _replica_rows(snapshot["heartbeats"], now_ms), empty="No live replicas")
-        extend = no_update
+        points = list((previous or {}).get("points", []))
         if previous:
             stamp = datetime.fromtimestamp(now_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            ys = [[round(per_s.get(service, {}).get(counter, 0.0), 2)] for _l, service, counter in RATE_SERIES]
-            extend = [{"x": [[stamp] for _ in RATE_SERIES], "y": ys}, list(range(len(RATE_SERIES))), 300]
-        keep = {"ts_ms": snapshot["ts_ms"], "stats": snapshot["stats"]}
-        return None, kpis, stages, replica_table, extend, keep
+            points = (points + [{"t": stamp, "y": [round(per_s.get(service, {}).get(counter, 0.0), 2)
+                                                   for _l, service, counter in RATE_SERIES]}])[-RATE_POINTS:]
+        keep = {"ts_ms": snapshot["ts_ms"], "stats": snapshot["stats"], "points": points}
+        return None, kpis, stages, replica_table, rates_figure(points), keep

@@ -40,26 +40,34 @@ def counts_figure(counts: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def session_options(ctx: DashboardContext) -> tuple[list[dict], str | None]:
+def session_options(ctx: DashboardContext) -> tuple[list[dict], str | None, str | None]:
+    """(dropdown options, the session to open by default, error). The default is the newest session
+    with recorded faces: a run that failed at once (no events) is listed, but not opened."""
     try:
         sessions = as_frame(ctx.query("list_sessions", limit=200))
     except SourceUnavailable as exc:
-        return [], str(exc)
+        return [], None, str(exc)
     if sessions.empty:
-        return [], None
-    column = "session_id" if "session_id" in sessions else sessions.columns[0]
-    options = []
+        return [], None, None
+    options, default = [], None
     for _, row in sessions.iterrows():
-        label = str(row[column])
-        details = [str(row[c]) for c in ("camera_id", "started", "start", "events", "count") if c in row and
-                   pd.notna(row[c])]
-        options.append({"label": " · ".join([label, *details]), "value": str(row[column])})
-    return options, None
+        count = int(row["event_count"]) if pd.notna(row.get("event_count")) else 0
+        # `emotion up` names every camera of its run in `source` (cam0=demo, cam1=clip.mp4); camera_id
+        # is only the first camera an event came from.
+        cameras = row.get("source") if pd.notna(row.get("source")) and row.get("source") else row.get("camera_id")
+        started = row.get("started")
+        details = [str(cameras) if pd.notna(cameras) else None,
+                   f"{started:%Y-%m-%d %H:%M} UTC" if pd.notna(started) else None, f"{count:,} faces"]
+        options.append({"label": " · ".join([str(row["session_id"]), *(d for d in details if d)]),
+                        "value": str(row["session_id"])})
+        if default is None and count > 0:
+            default = str(row["session_id"])
+    return options, default or options[0]["value"], None
 
 
 def layout(ctx: DashboardContext, query: dict) -> html.Div:
-    options, error = session_options(ctx)
-    selected = query.get("session") or (options[0]["value"] if options else None)
+    options, default, error = session_options(ctx)
+    selected = query.get("session") or default
     if selected and selected not in {o["value"] for o in options}:
         options = [{"label": selected, "value": selected}] + options
     return html.Div([
@@ -92,8 +100,11 @@ def register(app, ctx: DashboardContext) -> None:
                 html.H3(f"Session {session_id} has no recorded faces"),
                 html.P("Either no face was detected, or the recorder has not stored this session's events yet."),
                 html.P(["Permalink: ", link])]), None
+        per_camera = ", ".join(f"{camera} {count:,}" for camera, count in report.cameras.items())
+        cameras = f" from {len(report.cameras)} camera(s) ({per_camera})" if report.cameras else ""
         return html.Div([
-            html.P([f"Session {session_id}: {total:,} faces. Permalink: ", link], className="summary"),
+            html.P([f"Session {session_id}: {total:,} faces{cameras}. Permalink: ", link], className="summary",
+                   id="session-summary"),
             ui.card(None, dcc.Graph(id="session-counts", figure=counts_figure(counts),
                                     config={"displaylogo": False, "displayModeBar": "hover"})),
             html.Div(className="grid-2", children=[

@@ -15,7 +15,9 @@ from pydantic import ValidationError
 
 from services.dashboard import ui
 from services.dashboard.context import DashboardContext, SourceUnavailable
-from shared.training import MODEL_NAMES, TrainConfig
+from shared.registry import DEFAULT_VERSION
+from shared.settings import describe_validation_error
+from shared.training import MODEL_NAMES, DatasetPathError, TrainConfig, dataset_problem
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,23 @@ def _queue(client):
     from trainer.jobs import training_queue
 
     return training_queue(client)
+
+
+def listening_workers(client) -> int:
+    from trainer.jobs import listening_workers as count
+
+    return count(client)
+
+
+def workers_notice(workers: int, queued: int):
+    """Whether anyone will run the queued jobs: without a worker a job stays queued forever."""
+    if workers:
+        return html.P(f"{workers} worker(s) listening on queue 'training'.", id="train-workers",
+                      className="summary")
+    waiting = f"; {queued} queued job(s) wait for one" if queued else ""
+    return html.Div(f"No worker is listening on queue 'training'{waiting}: start one with `emotion worker` "
+                    "(or `docker compose up worker`).", id="train-workers", className="banner banner-warning",
+                    role="status")
 
 
 def list_jobs(client) -> list[dict]:
@@ -92,13 +111,14 @@ def _metrics_text(metrics) -> str:
     return "; ".join(parts[:4]) or "–"
 
 
-def _jobs_table(rows: list[dict]) -> html.Div:
+def _jobs_table(rows: list[dict], workers: int) -> html.Div:
     body = []
     for row in rows:
         meta = row["meta"]
         eta = meta.get("eta_s")
         when = row["enqueued_at"].strftime("%Y-%m-%d %H:%M:%S") if row["enqueued_at"] else "–"
-        body.append([html.Code(row["id"][:12]), html.Span(row["state"], className=f"state state-{row['state']}"),
+        state = row["state"] + (" (no worker)" if row["state"] == "queued" and not workers else "")
+        body.append([html.Code(row["id"][:12]), html.Span(state, className=f"state state-{row['state']}"),
                      row["description"], meta.get("stage", "–"), _progress(meta),
                      _metrics_text(meta.get("metrics") or (meta.get("result") or {}).get("metrics")),
                      f"{eta:.0f} s" if isinstance(eta, (int, float)) else "–", when, row["error"] or ""])
@@ -107,20 +127,24 @@ def _jobs_table(rows: list[dict]) -> html.Div:
 
 
 def _versions(ctx: DashboardContext):
+    """(name, metadata) of every version, newest first, the shipped default last; and the served name."""
     registry = ctx.registry()
-    versions = registry.versions()
-    current = ctx.redis_call(lambda _c: registry.current_version())
-    return versions, current
+    versions = [(meta.version, meta) for meta in reversed(registry.versions())]
+    default = registry.default_model()
+    if default is not None:
+        versions.append((DEFAULT_VERSION, default))
+    served = ctx.redis_call(lambda _c: registry.served_version())
+    return versions, served
 
 
-def _versions_table(versions, current) -> html.Div:
+def _versions_table(versions, served) -> html.Div:
     rows = []
-    for meta in reversed(versions):
-        rows.append([html.Strong(meta.version) if meta.version == current else meta.version,
-                     meta.architecture, _metrics_text(meta.metrics),
-                     html.Span("current", className="state state-finished") if meta.version == current else ""])
+    for name, meta in versions:
+        label = name if name != DEFAULT_VERSION else f"{name} (shipped: {meta.version})"
+        rows.append([html.Strong(label) if name == served else label, meta.architecture, _metrics_text(meta.metrics),
+                     html.Span("serving", className="state state-finished") if name == served else ""])
     return ui.table(["version", "architecture", "metrics", ""], rows, class_name="versions-table",
-                    empty="No model in the registry yet: the shipped default model is served")
+                    empty="No model at all: train one, or install the default model (EMOTION_DEFAULT_MODEL_DIR)")
 
 
 def layout(ctx: DashboardContext, query: dict) -> html.Div:
@@ -128,6 +152,7 @@ def layout(ctx: DashboardContext, query: dict) -> html.Div:
         ui.page_header("Training", "Train on the RQ queue 'training' (run `emotion worker` to serve it) and "
                                    "manage model versions."),
         html.Div(id="train-banner"),
+        html.Div(id="train-worker-state"),
         html.Div(className="grid-2", children=[
             ui.card("New training job", html.Div(className="form", children=[
                 html.Label(["Dataset path", dcc.Input(id="train-data", type="text", value=str(DEFAULT_DATA),
@@ -159,15 +184,19 @@ def register(app, ctx: DashboardContext) -> None:
                   State("train-data", "value"), State("train-model", "value"), State("train-epochs", "value"),
                   State("train-max-images", "value"), State("train-promote", "value"), prevent_initial_call=True)
     def _submit(_clicks, data, model, epochs, max_images, promote):
+        if not (data or "").strip():
+            return html.Span("Not enqueued: enter the dataset path", className="error-text")
+        problem = dataset_problem(Path(data.strip()))
+        if problem:
+            return html.Span(f"Not enqueued: {problem}", className="error-text")
         try:
-            cfg = TrainConfig(data=Path(data or ""), model=model, epochs=epochs or 60, max_images=max_images or None,
-                              promote=promote)
+            cfg = TrainConfig(data=Path(data.strip()), model=model, epochs=epochs or 60,
+                              max_images=max_images or None, promote=promote)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-            return html.Span(f"Not enqueued: {problems}", className="error-text")
+            return html.Span(f"Not enqueued: {describe_validation_error(exc)}", className="error-text")
         try:
             job = enqueue(ctx, cfg)
-        except SourceUnavailable as exc:
+        except (SourceUnavailable, DatasetPathError) as exc:
             return html.Span(f"Not enqueued: {exc}", className="error-text")
         except ImportError as exc:
             return html.Span(f"Not enqueued: the trainer is not installed ({exc})", className="error-text")
@@ -176,20 +205,24 @@ def register(app, ctx: DashboardContext) -> None:
 
     @app.callback(Output("train-jobs", "children"), Output("train-versions", "children"),
                   Output("train-version", "options"), Output("train-banner", "children"),
+                  Output("train-worker-state", "children"),
                   Input("train-tick", "n_intervals"), Input("train-message", "children"),
                   Input("train-model-message", "children"))
     def _refresh(_n, _m1, _m2):
         try:
             try:
-                jobs_view = _jobs_table(ctx.redis_call(list_jobs))
+                jobs = ctx.redis_call(list_jobs)
+                workers = ctx.redis_call(listening_workers)
+                jobs_view = _jobs_table(jobs, workers)
+                worker_state = workers_notice(workers, sum(1 for j in jobs if j["state"] == "queued"))
             except ImportError as exc:
                 jobs_view = ui.banner(f"the trainer is not installed ({exc})", "warning")
-            versions, current = _versions(ctx)
+                worker_state = None
+            versions, served = _versions(ctx)
         except SourceUnavailable as exc:
-            return no_update, no_update, no_update, ui.banner(str(exc))
-        options = [{"label": v.version + (" (current)" if v.version == current else ""), "value": v.version}
-                   for v in reversed(versions)]
-        return jobs_view, _versions_table(versions, current), options, None
+            return no_update, no_update, no_update, ui.banner(f"{exc}; retrying"), no_update
+        options = [{"label": name + (" (serving)" if name == served else ""), "value": name} for name, _ in versions]
+        return jobs_view, _versions_table(versions, served), options, None, worker_state
 
     @app.callback(Output("train-model-message", "children"), Input("train-promote-btn", "n_clicks"),
                   Input("train-rollback-btn", "n_clicks"), State("train-version", "value"), prevent_initial_call=True)
