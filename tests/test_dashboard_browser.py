@@ -159,6 +159,12 @@ class Feeder:
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.frames = 0
 
+    def _beat(self, pipe, camera: str, now: int) -> None:
+        """The heartbeat a running capture writes (services/capture/capture.py): the camera is live."""
+        pipe.set(self.keys.heartbeat("capture", f"capture-{camera}-test"),
+                 '{"service": "capture", "consumer": "capture-%s-test", "camera_id": "%s", "pid": 1, "ts_ms": %d, '
+                 '"started_ms": %d, "entries": 0, "dead": 0, "busy_s": 0.0}' % (camera, camera, now, now), ex=10)
+
     def _run(self) -> None:
         labels = ("happy", "neutral", "surprise", "sad")
         for camera in self.cameras:
@@ -174,6 +180,7 @@ class Feeder:
                 pipe.xadd(self.keys.events, encode(event))
                 pipe.hincrby(self.keys.stats("capture"), "published", 1)
                 pipe.hincrby(self.keys.stats("classifier"), "entries_out", 1)
+                self._beat(pipe, camera, now)
             pipe.set(self.keys.heartbeat("classifier", "classifier-test-1"),
                      '{"service": "classifier", "consumer": "classifier-test-1", "entries": %d, "dead": 0, '
                      '"busy_s": 0.5, "ts_ms": %d, "started_ms": %d}' % (frame_id, now, now - 60_000), ex=10)
@@ -188,6 +195,8 @@ class Feeder:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(5)
+        for camera in self.cameras:  # as capture does when it stops
+            self.client.delete(self.keys.heartbeat("capture", f"capture-{camera}-test"))
 
 
 def test_every_page_loads_without_console_errors(dashboard, browser):
@@ -271,8 +280,9 @@ def test_training_page_enqueues_a_job(dashboard, browser, redis_url_module, tmp_
     from rq.serializers import JSONSerializer
     from selenium.webdriver.common.by import By
 
-    dataset = tmp_path / "fer2013"
-    dataset.mkdir()
+    from tests.trainer_fixtures import write_fer_folder
+
+    dataset = write_fer_folder(tmp_path / "fer2013", n_train=14, n_val=7)
     _open(browser, dashboard + "/training", "Training")
     _replace_text(browser.find_element(By.ID, "train-data"), str(dataset))
     _replace_text(browser.find_element(By.ID, "train-epochs"), "2")
@@ -281,9 +291,78 @@ def test_training_page_enqueues_a_job(dashboard, browser, redis_url_module, tmp_
     queue = Queue("training", connection=redis.Redis.from_url(redis_url_module), serializer=JSONSerializer)
     assert job_id in queue.job_ids
     _wait(browser, lambda d: job_id[:12] in d.find_element(By.ID, "train-jobs").text, what="the job in the table")
-    assert "queued" in browser.find_element(By.ID, "train-jobs").text
+    assert "queued (no worker)" in browser.find_element(By.ID, "train-jobs").text
+    assert "No worker is listening on queue 'training'" in browser.find_element(By.ID, "train-workers").text
     _shot(browser, "training-queued")
     queue.empty()
+    assert not _severe(browser)
+
+
+def test_training_page_refuses_a_path_that_is_no_dataset(dashboard, browser, redis_url_module):
+    """/etc used to be enqueued, and the job failed only once a worker ran it; the page also lists the
+    shipped default model among the versions, as the one served."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+    from selenium.webdriver.common.by import By
+
+    queue = Queue("training", connection=redis.Redis.from_url(redis_url_module), serializer=JSONSerializer)
+    before = len(queue.job_ids)
+    _open(browser, dashboard + "/training", "Training")
+    _replace_text(browser.find_element(By.ID, "train-data"), "/etc")
+    browser.find_element(By.ID, "train-submit").click()
+    _wait(browser, lambda d: "Not enqueued" in d.find_element(By.ID, "train-message").text, what="the refusal")
+    message = browser.find_element(By.ID, "train-message").text
+    assert "/etc does not look like a FER-2013 dataset" in message, message
+    assert len(queue.job_ids) == before
+    _wait(browser, lambda d: "default (shipped:" in d.find_element(By.ID, "train-versions").text,
+          what="the default model among the versions")
+    assert "serving" in browser.find_element(By.ID, "train-versions").text
+    assert not _severe(browser)
+
+
+def test_analyze_page_says_why_an_upload_is_refused(dashboard, browser, tmp_path):
+    """Too large (refused in the browser), wrong type (a TIFF) and corrupt uploads each show a message;
+    the page used to show nothing at all for a 14 MB file or a TIFF."""
+    import cv2
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(b"\xff\xd8\xff" + bytes(14 * 1024 * 1024))
+    tiff = tmp_path / "scan.tiff"
+    cv2.imwrite(str(tiff), np.full((64, 64, 3), 128, np.uint8))
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    _open(browser, dashboard + "/analyze", "Analyze")
+    upload = browser.find_element(By.CSS_SELECTOR, "#analyze-upload input[type=file]")
+    upload.send_keys(str(big))
+    _wait(browser, lambda d: "exceeds the limit" in d.find_element(By.ID, "analyze-client-banner").text,
+          timeout=40, what="the size refusal")
+    assert "huge.jpg" in browser.find_element(By.ID, "analyze-client-banner").text
+    for path, expected in ((tiff, "not a supported image"), (corrupt, "broken.png")):
+        upload = browser.find_element(By.CSS_SELECTOR, "#analyze-upload input[type=file]")
+        upload.send_keys(str(path))
+        _wait(browser, lambda d, e=expected: e in d.find_element(By.ID, "analyze-banner").text, timeout=40,
+              what=f"the message for {path.name}")
+        assert browser.find_element(By.ID, "analyze-client-banner").text == ""
+    _shot(browser, "analyze-refused")
+    assert not _severe(browser)
+
+
+def test_live_page_shows_a_stopped_pipeline_as_stopped(dashboard, browser, redis_url_module):
+    """When capture stops, its camera is shown as stopped (no stale frame passed off as live), with a banner."""
+    from selenium.webdriver.common.by import By
+
+    _open(browser, dashboard + "/live", "Live")
+    with Feeder(redis_url_module, ("cam-east",)):
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-camera='cam-east'][data-state='live']"),
+              what="cam-east live")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-camera='cam-east'][data-state='stopped']"),
+          what="cam-east stopped")
+    card = browser.find_element(By.CSS_SELECTOR, "[data-camera='cam-east']")
+    assert not card.find_elements(By.TAG_NAME, "img") and "Capture stopped" in card.text
+    assert "pipeline is stopped" in browser.find_element(By.ID, "live-banner").text
+    _shot(browser, "live-stopped")
     assert not _severe(browser)
 
 

@@ -63,11 +63,12 @@ def _camera_card(view, capturing: bool, now_ms: int) -> html.Div:
         ago = f" ({_ago(now_ms - last)} ago)" if last else ""
         body = html.Div(f"Capture stopped; last frame at {ui.fmt_ms(last)} UTC{ago}" if last else "Capture stopped",
                         className="frame-empty stopped")
-        meta = "stopped"
+        meta = state = "stopped"
     elif view.frame is None:
         body = html.Div("No frame in the live stream yet", className="frame-empty")
-        meta = "starting"
+        meta = state = "starting"
     else:
+        state = "live"
         src = "data:image/jpeg;base64," + base64.b64encode(view.frame.jpeg).decode()
         width, height = view.frame.width, view.frame.height
         boxes = []
@@ -83,7 +84,7 @@ def _camera_card(view, capturing: bool, now_ms: int) -> html.Div:
                         className="frame-wrap")
         meta = f"frame {view.frame.frame_id} · {len(view.boxes)} face(s) · {view.age_ms} ms ago"
     return html.Div(className="card camera-card" + ("" if capturing else " camera-stopped"),
-                    **{"data-camera": view.camera_id, "data-state": meta}, children=[
+                    **{"data-camera": view.camera_id, "data-state": state}, children=[
         html.Div([html.Span(view.camera_id, className="camera-name"), html.Span(meta, className="camera-meta")],
                  className="camera-head"),
         body,
