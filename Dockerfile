@@ -74,7 +74,7 @@ FROM base AS app-base
 RUN groupadd --system --gid 10001 emotion \
  && useradd --system --uid 10001 --gid emotion --groups video --home-dir /home/emotion --create-home \
       --shell /usr/sbin/nologin emotion \
- && mkdir -p /var/lib/emotion/registry /var/lib/emotion/runs /var/lib/emotion/data \
+ && mkdir -p /var/lib/emotion/registry /var/lib/emotion/runs /var/lib/emotion/data /var/lib/emotion/dashboard \
  && chown -R emotion:emotion /var/lib/emotion
 COPY --from=model /opt/emotion/models/default /opt/emotion/models/default
 # The package is installed (not editable), so the shipped model's location is set explicitly.
