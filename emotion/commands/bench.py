@@ -127,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = kinds.add_parser("detector", help="frames/s of FaceFinder on one core at 640x480 and 1280x720, and recall")
     p.add_argument("--frames", type=at_least_one, default=60, help="frames per resolution per run (default 60)")
-    p.add_argument("--repeats", type=at_least_one, default=3)
+    p.add_argument("--repeats", type=at_least_one, default=3, help="runs per configuration; the median is reported")
     p.add_argument("--recall-faces", type=int, default=600,
                    help="FER-2013 PublicTest faces composed into frames for recall (0 skips; default 600)")
     p.add_argument("--fer", type=Path, default=None, help=fer_help)
@@ -152,7 +152,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = kinds.add_parser("scaling", help="drain time of a pre-filled faces stream with 1 vs 2 classifier processes")
     p.add_argument("--replicas", type=_list(), default=[1, 2], help="comma list of replica counts (default 1,2)")
     p.add_argument("--faces", type=at_least_one, default=4000, help="faces pre-filled per run (default 4000)")
-    p.add_argument("--repeats", type=at_least_one, default=3)
+    p.add_argument("--repeats", type=at_least_one, default=3, help="runs per configuration; the median is reported")
     p.add_argument("--fer", type=Path, default=None, help=fer_help)
     common(p)
     p.set_defaults(func=cmd_scaling)
@@ -161,7 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", type=lambda s: [m for m in s.split(",") if m], default=["compact", "baseline"],
                    help="comma list of trainer.models names (default compact,baseline)")
     p.add_argument("--images", type=at_least_one, default=1024, help="training images in the timed subset (default 1024)")
-    p.add_argument("--batch-size", type=at_least_one, default=128)
+    p.add_argument("--batch-size", type=at_least_one, default=128, help="training batch size (default 128)")
     p.add_argument("--data", type=Path, default=None, help="FER-2013 training archive (default ../shared/...)")
     common(p)
     p.set_defaults(func=cmd_training)

@@ -194,7 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", dest="end", required=True, help="end (UTC, exclusive): ISO datetime, or a date for the "
                                                            "end of that day")
     p.add_argument("--camera", default=None, help="only this camera")
-    p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="csv (default) or parquet")
     p.add_argument("--output", default=None, help="file to write ('-' for stdout; default "
                                                   "emotion-events-<from>-<to>.<format>)")
     p.add_argument("--database-url", default=None, help=db_url_help)

@@ -245,8 +245,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--require-face", action="store_true", default=None,
                    help="drop training images where the face detector finds no face")
     p.add_argument("--model", default=None, choices=MODEL_NAMES, help="architecture (default compact)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default 60); with --recipe/--resume: at most this many in this sitting")
+    p.add_argument("--batch-size", type=int, default=None, help="images per training step (default 128)")
     p.add_argument("--learning-rate", type=float, default=None, help="peak learning rate of the cosine schedule")
     p.add_argument("--init-from", default=None,
                    help="start from this model's weights (a .keras file or a model directory): fine-tuning")
@@ -282,6 +283,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("job", help="status or cancellation of a queued training job")
-    p.add_argument("action", choices=("status", "cancel"))
-    p.add_argument("job_id")
+    p.add_argument("action", choices=("status", "cancel"), help="status (JSON) or cancel (a queued or running job)")
+    p.add_argument("job_id", help="the id `emotion train --enqueue` printed")
     p.set_defaults(func=cmd_job)
