@@ -100,6 +100,37 @@ def test_models_list_promote_rollback(cli_env, registry, tmp_path, capsys):
     assert registry.current_version() == "v-a"
 
 
+def test_models_list_names_the_served_default_and_needs_redis(cli_env, tmp_path, capsys, monkeypatch, model_dir):
+    """`models list` used to say `no models in registry` (exit 0) with Redis down, and never named the
+    shipped default model that is served while no version is promoted."""
+    monkeypatch.setenv("EMOTION_DEFAULT_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("EMOTION_ACCURATE_MODEL_DIR", str(tmp_path / "no accurate model"))
+    assert main(["models", "list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert listing["serving"]["fast"] == {"version": "default", "dir": str(model_dir)}
+    assert [(v["version"], v["current"]) for v in listing["versions"]] == [("default", True)]
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"serving (fast, live classifiers): default ({model_dir})" in out and "* default" in out
+    monkeypatch.setenv("EMOTION_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["models", "list"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emotion models: error: Redis at redis://127.0.0.1:1/0 is not answering"), err
+
+
+def test_evaluate_refuses_to_relabel_a_known_split(cli_env, tmp_path, capsys):
+    """`evaluate --split Training` on a PublicTest file used to report the scores as Training's."""
+    data = write_npz(tmp_path / "fer2013_publictest.npz", 14, seed=3)
+    assert main(["evaluate", "--model", str(exported_model()), "--data", str(data), "--split", "Training"]) == 2
+    assert "holds the PublicTest split, not Training" in capsys.readouterr().err
+
+
+def test_train_enqueue_refuses_a_path_that_is_no_dataset(cli_env, redis_client, capsys):
+    assert main(["train", "--data", "/etc", "--enqueue"]) == 2
+    assert "/etc does not look like a FER-2013 dataset" in capsys.readouterr().err
+    assert redis_client.llen("rq:queue:training") == 0
+
+
 def test_models_promote_refuses_corrupt_model(cli_env, registry, tmp_path, capsys):
     """A damaged model.tflite: exit 2 with one clear line, and the current model keeps serving."""
     registry.register(copy_model(tmp_path / "a", "good"))

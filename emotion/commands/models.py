@@ -35,13 +35,17 @@ def _row(name: str, meta, served: str) -> dict:
 
 def cmd_list(args) -> int:
     """Every version (and the shipped default), the fast role's served one starred, and what each role serves."""
+    from shared.model_runtime import ModelError
     from shared.registry import DEFAULT_VERSION
 
     registry = _registry("fast")
     serving = {}
     for role in ROLES:
         view = registry if role == "fast" else _registry(role)
-        serving[role] = {"version": view.served_version(), "dir": str(view.current_dir())}
+        try:
+            serving[role] = {"version": view.served_version(), "dir": str(view.current_dir())}
+        except ModelError as exc:  # nothing to serve for this role: say so, the listing still stands
+            serving[role] = {"version": None, "dir": None, "error": str(exc)}
     served = serving["fast"]["version"]
     rows = [_row(meta.version, meta, served) for meta in registry.versions()]
     default = registry.default_model()
@@ -53,6 +57,9 @@ def cmd_list(args) -> int:
         return 0
     for role, what in (("fast", "live classifiers"), ("accurate", "photo and offline analysis")):
         name = serving[role]["version"]
+        if name is None:
+            print(f"serving ({role}, {what}): nothing: {serving[role]['error']}")
+            continue
         print(f"serving ({role}, {what}): {name} ({serving[role]['dir']})"
               + (": no version promoted, the shipped default" if name == DEFAULT_VERSION else ""))
     if not rows:
