@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,11 +173,14 @@ class Supervisor:
 
 
 def heartbeat_pids(client: redis.Redis, keys: Keys) -> set[int]:
-    """Process ids in the live heartbeats of every service (capture included)."""
+    """Process ids in the live heartbeats of every service (capture included) written from this host
+    (a Redis shared with other machines may hold the same pid for another process)."""
+    host = socket.gethostname()
     pids = set()
     for beat in read_heartbeats(client, keys):
         try:
-            pids.add(int(beat["pid"]))
+            if beat.get("host") == host:
+                pids.add(int(beat["pid"]))
         except (TypeError, ValueError, KeyError):
             continue
     return pids
