@@ -5,7 +5,7 @@ Stop order: captures first; then each consumer group is drained (no lag, nothing
 its service is stopped, so every frame already published gets its faces and every face its event
 and row. The summary compares counters before and after the run, so a shared Redis is fine.
 
-A run ends in one of four ways, named by the summary's `stopped_by`: `user` (Ctrl+C), `signal`
+A run ends in one of five ways, named by the summary's `stopped_by`: `user` (Ctrl+C), `signal`
 (SIGTERM or SIGHUP), `duration`, `sources_ended` (every source was a finite file and ended) or
 `error`: a child exited while it should have been running (a bad source, no webcam, the dashboard's
 port taken, a crash). Its own one-line message is printed on the terminal, nothing is drained

@@ -4,10 +4,9 @@ and never hanging on an unreachable Redis or a slow store."""
 from __future__ import annotations
 
 import base64
-import sys
 import time
-from pathlib import Path
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from emotion.supervisor import failure_line
-from tests.proc_utils import clean_env, free_port, wait_for
+from tests.proc_utils import clean_env, free_port
 from tests.test_pipeline import write_demo_video
 
 UP_TIMEOUT_S = 150.0
