@@ -63,6 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=FER_TRAINING, help=f"FER-2013 archive (default {FER_TRAINING})")
     p.add_argument("--faces", type=int, default=2000, help="faces to fit on (default 2000)")
     p.add_argument("--backends", type=_backends, default=["yunet", "haar"], help="comma list (default yunet,haar)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice of faces (default 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line")
     p.set_defaults(func=cmd_calibrate)
