@@ -69,7 +69,9 @@ class FaceResult(BaseModel):
 class AnalyzeResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
     faces: list[FaceResult]
-    model_version: str
+    model_version: str = Field(description="the model that answered")
+    model_role: str | None = Field(None, description="its role (accurate, fast) when it was chosen by role")
+    tta: str = Field("none", description="test-time augmentation used: none, flip or ten-crop")
     width: int = Field(gt=0, description="width of the uploaded image")
     height: int = Field(gt=0)
     format: str
@@ -213,7 +215,8 @@ def analyze_decoded(decoded: DecodedImage, detector: FaceDetector, model) -> Ana
             faces.append(FaceResult(box=box, detection_confidence=face.confidence, label=EMOTIONS[best],
                                     confidence=float(min(1.0, max(0.0, row[best]))),
                                     probabilities={e: round(float(p), 6) for e, p in zip(EMOTIONS, row)}))
-    return AnalyzeResult(faces=faces, model_version=model.version, width=decoded.width, height=decoded.height,
+    return AnalyzeResult(faces=faces, model_version=model.version, model_role=getattr(model, "role", None),
+                         tta=getattr(model, "tta", "none"), width=decoded.width, height=decoded.height,
                          format=decoded.format)
 
 

@@ -3,6 +3,7 @@ and never hanging on an unreachable Redis or a slow store."""
 
 from __future__ import annotations
 
+import json
 import base64
 import time
 from datetime import datetime, timedelta, timezone
@@ -184,26 +185,35 @@ def test_api_analyze_group_photo_returns_every_face(dash_settings, redis_client)
         assert all(0.5 <= face["detection_confidence"] <= 1 for face in faces)
 
 
-@pytest.mark.parametrize("flip_tta", [False, True])
-def test_analyze_classifies_as_the_live_classifier_is_set_to(dash_settings, redis_client, flip_tta):
-    """With EMOTION_CLASSIFIER__FLIP_TTA the Analyze page and API average each face with its mirror, as
-    the classifier replicas do; without it, they do not."""
+@pytest.mark.parametrize("tta", ["none", "flip", "ten-crop"])
+def test_analyze_answers_with_the_analyze_role_and_its_tta(dash_settings, redis_client, tmp_path, face_png, tta):  # noqa: F811
+    """Photos are answered by the accurate role's model (EMOTION_ANALYZE__MODEL_ROLE) with
+    EMOTION_ANALYZE__TTA, and the API says which model, role and TTA answered."""
+    import shutil
+
     import numpy as np
 
     from shared.model_runtime import EmotionModel
 
+    accurate = shutil.copytree(dash_settings.default_model_dir, tmp_path / "accurate")
+    meta = json.loads((accurate / "metadata.json").read_text())
+    meta["version"] = "accurate-test"
+    (accurate / "metadata.json").write_text(json.dumps(meta))
     settings = dash_settings.model_copy(update={
-        "classifier": dash_settings.classifier.model_copy(update={"flip_tta": flip_tta})})
+        "accurate_model_dir": accurate, "analyze": dash_settings.analyze.model_copy(update={"tta": tta})})
     crops = np.random.default_rng(5).integers(0, 256, (2, 48, 48), dtype=np.uint8)
-    bare = EmotionModel(settings.default_model_dir)
-    expected = bare.predict_tta(crops) if flip_tta else bare.predict(crops)
-    other = bare.predict(crops) if flip_tta else bare.predict_tta(crops)
-    assert not np.allclose(expected, other, atol=1e-3)
+    bare = EmotionModel(accurate)
+    expected = bare.predict_tta(crops, tta)
+    if tta != "none":
+        assert not np.allclose(expected, bare.predict(crops), atol=1e-3)
     ctx = DashboardContext(settings)
     try:
         np.testing.assert_allclose(ctx.model().predict(crops), expected, atol=1e-6)
     finally:
         ctx.close()
+    answer = _post(_app(settings).server.test_client(), face_png.read_bytes()).get_json()
+    assert (answer["model_version"], answer["model_role"], answer["tta"]) == ("accurate-test", "accurate", tta)
+    assert answer["faces"]
 
 
 def test_api_analyze_without_a_model_is_503(settings, redis_client, tmp_path, face_png):  # noqa: F811

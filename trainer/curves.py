@@ -75,3 +75,19 @@ def draw_curve(state: CampaignState, path: Path) -> Path:
     if not cv2.imwrite(str(path), canvas):
         raise OSError(f"cannot write {path}")
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m trainer.curves RUN_DIR OUT.png: redraw a campaign's curve (docs/training.md uses them)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trainer.curves", description=main.__doc__)
+    parser.add_argument("run_dir", type=Path, help="campaign directory, e.g. models/accurate-v1")
+    parser.add_argument("out", type=Path, help="PNG to write")
+    args = parser.parse_args(argv)
+    draw_curve(CampaignState.read(args.run_dir), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

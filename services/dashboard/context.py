@@ -23,7 +23,8 @@ from redis.retry import Retry
 
 from services.dashboard.live import EventWindow
 from shared.redis_conn import REDIS_DOWN_ERRORS, redact
-from shared.registry import ModelRegistry
+from shared.bootstrap import registry_from
+from shared.registry import ModelRegistry, Role
 from shared.settings import Settings
 from shared.streams import Keys
 
@@ -107,8 +108,8 @@ class DashboardContext:
 
     # --- models ----------------------------------------------------------------------------------
 
-    def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.settings.registry_dir, self.redis, self.keys, self.settings.default_model_dir)
+    def registry(self, role: Role = "fast") -> ModelRegistry:
+        return registry_from(self.settings, self.redis, role)
 
     def detector(self):
         with self._model_lock:
@@ -123,13 +124,13 @@ class DashboardContext:
         registry's CURRENT file (else the shipped default): analysing a photo needs no Redis."""
         from shared.model_runtime import ModelError
 
+        role = self.settings.analyze.model_role
         try:
             try:
-                return self.redis_call(lambda _c: self.registry().current_dir())
+                return self.redis_call(lambda _c: self.registry(role).current_dir())
             except SourceUnavailable as exc:
                 log.info("event=model_pointer_from_file reason=%r", str(exc))
-                return ModelRegistry(self.settings.registry_dir, None, self.keys,
-                                     self.settings.default_model_dir).current_dir()
+                return registry_from(self.settings, None, role).current_dir()
         except ModelError as exc:
             raise SourceUnavailable(str(exc)) from None
 
@@ -141,7 +142,8 @@ class DashboardContext:
         with self._model_lock:
             if self._model is None or self._model_dir != directory:
                 try:
-                    self._model = _LockedModel(EmotionModel(directory), self.settings.classifier.flip_tta)
+                    self._model = _LockedModel(EmotionModel(directory), self.settings.analyze.model_role,
+                                               self.settings.analyze.tta)
                 except ModelError as exc:
                     raise SourceUnavailable(str(exc)) from None
                 self._model_dir = directory
@@ -168,13 +170,14 @@ class DashboardContext:
 class _LockedModel:
     """A LiteRT interpreter is not thread-safe; the dashboard's server threads share one through this.
 
-    It predicts as the live classifier does (with flip TTA when `classifier.flip_tta` is set), so an
-    uploaded photo gets the probabilities the pipeline would give the same crop.
+    Photos are answered by the `analyze` settings' model role (accurate by default) with its test-time
+    augmentation: a photo is one call, so accuracy matters more than faces/s.
     """
 
-    def __init__(self, model, flip_tta: bool = False) -> None:
+    def __init__(self, model, role: str, tta: str = "none") -> None:
         self._model = model
-        self._flip_tta = flip_tta
+        self.role = role
+        self.tta = tta
         self._lock = threading.Lock()
 
     @property
@@ -187,4 +190,4 @@ class _LockedModel:
 
     def predict(self, crops):
         with self._lock:
-            return self._model.predict_tta(crops) if self._flip_tta else self._model.predict(crops)
+            return self._model.predict_tta(crops, self.tta)

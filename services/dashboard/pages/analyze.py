@@ -105,8 +105,10 @@ def register(app, ctx: DashboardContext) -> None:
             return None, ui.banner(str(exc))
         ok, jpeg = cv2.imencode(".jpg", annotate(decoded, result), [cv2.IMWRITE_JPEG_QUALITY, 88])
         src = "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode() if ok else ""
+        answered = f"model {result.model_version}" + (f" ({result.model_role}" if result.model_role else "")
+        answered += (f", {result.tta} TTA" if result.tta != "none" else "") + (")" if result.model_role else "")
         summary = (f"{len(result.faces)} face(s) in {filename or 'the upload'} ({result.width}×{result.height}), "
-                   f"model {result.model_version}")
+                   f"answered by {answered}")
         return html.Div(className="grid-2 analyze-grid", children=[
             ui.card("Annotated", html.Img(src=src, id="analyze-image", className="analyzed",
                                           alt="annotated upload")),
