@@ -251,7 +251,7 @@ def test_analyze_page_annotates_a_real_face(dashboard, browser, face_png):  # no
     browser.find_element(By.CSS_SELECTOR, "#analyze-upload input[type=file]").send_keys(str(face_png))
     _wait(browser, lambda d: d.find_elements(By.ID, "analyze-image"), timeout=60, what="the annotated image")
     summary = browser.find_element(By.ID, "analyze-summary").text
-    assert summary.startswith("1 face(s)"), summary
+    assert summary.startswith("1 face(s)") and "answered by model" in summary, summary
     rows = browser.find_elements(By.CSS_SELECTOR, ".prob-table tbody tr")
     assert len(rows) == 1 and "%" in rows[0].text
     src = browser.find_element(By.ID, "analyze-image").get_attribute("src")
