@@ -22,18 +22,11 @@ import redis
 from bench.common import face_crops, face_entries, format_table, isolated, median, serving_model_dir, xadd_all
 from shared.model_runtime import read_metadata
 from shared.settings import Settings
+from shared.stream_state import group_state
 from shared.streams import CLASSIFIER_GROUP, Keys
 
 READY_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 120.0
-
-
-def _backlog(client: redis.Redis, stream: str, group: str) -> int:
-    for info in client.xinfo_groups(stream):
-        name = info.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == group:
-            return int(info.get("lag") or 0) + int(info.get("pending") or 0)
-    return -1
 
 
 def _drain_once(settings: Settings, client: redis.Redis, entries: list[dict[str, bytes]], replicas: int,
@@ -64,7 +57,7 @@ def _drain_once(settings: Settings, client: redis.Redis, entries: list[dict[str,
         started = time.perf_counter()
         xadd_all(client, keys.faces, entries)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while client.xlen(keys.events) < len(entries) or _backlog(client, keys.faces, CLASSIFIER_GROUP) != 0:
+        while client.xlen(keys.events) < len(entries) or group_state(client, keys.faces, CLASSIFIER_GROUP).backlog:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"faces not drained after {DRAIN_TIMEOUT_S:.0f} s; see {log_dir}")
             time.sleep(0.005)

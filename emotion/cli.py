@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from emotion.errors import UserError
 
-COMMAND_MODULES = ("pipeline", "training", "models", "framing", "store", "dashboard", "bench")
+COMMAND_MODULES = ("services", "pipeline", "training", "models", "framing", "store", "bench")
 # What a shell reports for a command whose reader went away (128 + SIGPIPE), as `yes | head` does.
 BROKEN_PIPE_EXIT = 141
 
@@ -43,13 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=(args.log_level or "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    from shared.errors import StartupError
     from shared.model_runtime import ModelError
     from shared.redis_conn import RedisUnavailable
     from shared.settings import describe_validation_error
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, RedisUnavailable, ModelError, FileNotFoundError) as exc:
+    except (UserError, StartupError, RedisUnavailable, ModelError, FileNotFoundError) as exc:
         print(f"emotion {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:

@@ -31,6 +31,8 @@ from emotion.supervisor import Supervisor
 from shared.redis_conn import connect, redact
 from shared.schemas import EmotionEvent, MessageError, decode
 from shared.settings import Settings
+from shared.session import new_session_id
+from shared.stream_state import group_state
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys
 
 log = logging.getLogger(__name__)
@@ -95,27 +97,11 @@ class StopRequests:
             signal.signal(signum, handler)
 
 
-def group_backlog(client: redis.Redis, stream: str, group: str) -> int:
-    """Entries the group has not yet acknowledged: unread (lag) plus pending."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return 0
-    for info in groups:
-        name = info.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == group:
-            lag = info.get("lag")
-            if lag is None:  # lag unknown (entries deleted): fall back to reading positions
-                lag = 0 if info.get("last-delivered-id") == client.xinfo_stream(stream)["last-generated-id"] else 1
-            return int(lag) + int(info.get("pending", 0))
-    return client.xlen(stream)  # group not created yet: everything is still to do
-
-
 def drain(client: redis.Redis, stream: str, group: str, supervisor: Supervisor, role: str, timeout: float,
           stops: StopRequests) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and stops.count < 2:
-        if group_backlog(client, stream, group) == 0:
+        if group_state(client, stream, group).backlog == 0:
             return True
         if supervisor.all_exited(role):
             log.error("all %s processes exited with work left in %s", role, stream)
@@ -247,8 +233,6 @@ def _watch(supervisor: Supervisor, client: redis.Redis, keys: Keys, options: UpO
 
 
 def run_up(settings: Settings, options: UpOptions) -> dict:
-    from emotion.commands.pipeline import new_session_id
-
     data_dir = settings.data_dir
     redis_url, embedded = ensure_redis(settings, data_dir)
     try:

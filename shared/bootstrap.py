@@ -1,15 +1,21 @@
-"""Start-up shared by every service entry point: logging, Redis (with a clear error), the registry."""
+"""Start-up shared by every service entry point: logging, Redis (with a clear error), the registry,
+and what `python -m services.<name>` does."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import Callable, NoReturn
 
 import redis
+from pydantic import ValidationError
 
-from shared.redis_conn import connect, wait_until_up
+from shared.errors import StartupError
+from shared.model_runtime import ModelError
+from shared.redis_conn import RedisUnavailable, connect, wait_until_up
 from shared.registry import ModelRegistry, Role
-from shared.settings import Settings
+from shared.settings import Settings, describe_validation_error
 from shared.streams import Keys
 
 
@@ -31,3 +37,19 @@ def registry_from(settings: Settings, client: redis.Redis | None, role: Role = "
     if role == "accurate" and (Path(settings.accurate_model_dir) / "metadata.json").exists():
         default_dir = settings.accurate_model_dir
     return ModelRegistry(settings.registry_dir, client, Keys(settings.prefix), default_dir, role)
+
+
+def service_main(name: str, run: Callable[[Settings], int]) -> NoReturn:
+    """Settings from the environment, logging, `run(settings)`, exit with its code; a mistake the user
+    can fix is one line on stderr and exit code 2 (as `emotion <name>` does)."""
+    try:
+        settings = Settings()
+        configure_logging(settings)
+        code = run(settings)
+    except ValidationError as exc:
+        print(f"{name}: invalid configuration: {describe_validation_error(exc)}", file=sys.stderr)
+        code = 2
+    except (StartupError, RedisUnavailable, ModelError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

@@ -125,7 +125,7 @@ class ModelRegistry:
         return version
 
     def promote(self, version: str) -> None:
-        """Make `version` current after checking that it loads; announce it to running classifiers."""
+        """Make `version` current after checking that it loads; running services follow within model_check_s."""
         EmotionModel(self.path(version))  # a corrupt or incompatible model is refused here
         previous = self.current_version()
         if self.client is not None:
@@ -133,7 +133,6 @@ class ModelRegistry:
             if previous and previous != version:
                 pipe.lpush(self._history_key, previous)
             pipe.set(self._current_key, version)
-            pipe.publish(self.keys.model_updates, json.dumps({"event": "promoted", "version": version, "role": self.role}))
             pipe.execute()
         self._write_pointer(version)
 
@@ -147,8 +146,6 @@ class ModelRegistry:
         version = previous.decode()
         EmotionModel(self.path(version))
         self.client.set(self._current_key, version)
-        self.client.publish(self.keys.model_updates, json.dumps({"event": "rolled_back", "version": version,
-                                                                 "role": self.role}))
         self._write_pointer(version)
         return version
 

@@ -39,6 +39,11 @@ class WorkerSettings(_Section):
 
 
 class CaptureSettings(_Section):
+    source: str | None = Field(None, description="webcam index (0), video file, rtsp/http URL, image folder or glob, "
+                                                 "demo, or demo:PATH.npz (`emotion capture --source`)")
+    camera_id: str | None = Field(None, description="name of this camera: letters, digits, _.:- "
+                                                    "(`emotion capture --camera-id`)")
+    loop: bool = Field(False, description="restart file sources at their end")
     fps: float = Field(15.0, gt=0, le=240, description="frames per second published per camera")
     jpeg_quality: int = Field(85, ge=10, le=100)
     max_width: int = Field(1280, ge=64, description="frames wider than this are downscaled before encoding")
@@ -71,8 +76,7 @@ class ClassifierSettings(_Section):
     flip_tta: bool = Field(False, description="average each face with its mirror image: ~+0.6 points top-1 on "
                                               "PublicTest for half the throughput")
     model_role: Literal["fast", "accurate"] = Field("fast", description="which role's current model the live "
-                                                                         "classifiers serve")
-    model_check_s: float = Field(1.0, gt=0, description="how often to look for a newly promoted model")
+                                                                         "classifiers serve (the detector crops for it)")
 
 
 class AnalyzeSettings(_Section):
@@ -124,8 +128,8 @@ class Settings(BaseSettings):
     accurate_model_dir: Path = Field(REPO_ROOT / "models" / "accurate",
                                      description="accurate-role model served while the registry has no current accurate "
                                                  "version (when absent, the fast model answers)")
-    frames_maxlen: int = Field(300, ge=10, description="approximate cap of the live frames stream (shed beyond)")
-    events_maxlen: int = Field(100_000, ge=1000, description="approximate cap of the events stream (recorded first)")
+    model_check_s: float = Field(1.0, gt=0, description="how often the detector and the classifiers look for a "
+                                                       "newly promoted model")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     data_dir: Path = Field(Path(".emotion"), description="run-time files of `emotion up`: logs, embedded Redis")
 
@@ -150,6 +154,16 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown setting(s) in the environment: {', '.join(sorted(unknown))}")
         return self
+
+
+def with_overrides(settings: Settings, values: dict[str, object]) -> Settings:
+    """A copy of `settings` with fields replaced by dotted name ("capture.fps", "database_url"), each value
+    validated as if it had come from the environment (CLI flags use this)."""
+    data = settings.model_dump()
+    for name, value in values.items():
+        section, _, leaf = name.rpartition(".")
+        (data[section] if section else data)[leaf] = value
+    return Settings(**data)
 
 
 def unknown_env_names(environ) -> list[str]:

@@ -1,6 +1,9 @@
 """The one consumer-group loop every stream service runs.
 
-heartbeat -> reclaim abandoned entries -> XREADGROUP -> validate -> handle -> publish + XACK -> repeat
+heartbeat -> reclaim abandoned entries + retention -> XREADGROUP -> validate -> handle -> publish + XACK -> repeat
+
+What a service plugs in is a `Processor` (shared/processor.py); how each stream it reads or writes
+stays bounded is the table of streams (shared/streams.py), applied on XADD and by the retention step.
 
 Guarantees:
 - outputs and the XACK of their inputs are written in one MULTI/EXEC transaction, so an entry is
@@ -11,7 +14,9 @@ Guarantees:
   backoff without acknowledging anything, so nothing accepted is lost;
 - on start the consumer first re-processes its own pending entries; every `claim_interval_s` it
   XAUTOCLAIMs entries other consumers left idle for `claim_idle_ms` (a replica killed with -9);
-- SIGTERM/SIGINT: finish the batch in hand, ack, exit 0 (a second signal exits at once).
+- SIGTERM/SIGINT: finish the batch in hand, ack, exit 0 (a second signal exits at once);
+- every `claim_interval_s` it also applies the retention rule of the stream it reads and of those it
+  published to: an entry a declared group has not acknowledged is never trimmed (shared/retention.py).
 
 Overlap: a processor that splits `handle` into `prepare` (the heavy part, e.g. inference, which
 releases the GIL) and `finish` gets its batches pipelined on new entries: batch N+1 is read and its
@@ -33,62 +38,28 @@ import traceback
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Generic, Sequence
 
 import redis
 
+from shared.processor import M, Outbound, Processor, TransientError
 from shared.redis_conn import REDIS_DOWN_ERRORS
-from shared.schemas import Fields, MessageError, _Message, decode
+from shared.retention import apply_retention
+from shared.schemas import Fields, MessageError, decode
 from shared.settings import WorkerSettings
-from shared.streams import Keys
+from shared.streams import Keys, StreamTable
 
 log = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=_Message)
-DEAD_MAXLEN = 10_000
 DEAD_FIELD_LIMIT = 64 * 1024  # keep at most this much of each original field in a dead letter
 
-
-class TransientError(RuntimeError):
-    """A failure of something outside the message (a database, a disk): retry later, never dead-letter."""
-
-
-@dataclass
-class Outbound:
-    """One entry to append to a stream."""
-
-    stream: str
-    fields: dict[str, bytes]
-    maxlen: int | None = None  # approximate cap (MAXLEN ~) for live, sheddable streams
+__all__ = ["Delivery", "Outbound", "Processor", "StreamWorker", "TransientError", "WorkerStats"]
 
 
 @dataclass
 class Delivery(Generic[M]):
     entry_id: bytes
     message: M
-
-
-class Processor(Protocol[M]):
-    """What a service plugs into the loop: a message type, a batch handler, and counter names."""
-
-    input_model: type[M]
-
-    def handle(self, batch: list[M]) -> list[Outbound]:
-        """Process validated messages; raise MessageError/ValueError for a bad one, TransientError to retry."""
-        ...
-
-
-@runtime_checkable
-class OverlappingProcessor(Processor[M], Protocol[M]):
-    """A processor whose `handle(batch)` is `finish(batch, prepare(batch))`.
-
-    `prepare` must touch no shared state (it runs on a helper thread while the previous batch's
-    `finish` runs on the loop's); `finish` runs on the loop's thread, in batch order.
-    """
-
-    def prepare(self, batch: list[M]) -> Any: ...
-
-    def finish(self, batch: list[M], prepared: Any) -> list[Outbound]: ...
 
 
 @dataclass
@@ -118,15 +89,6 @@ class _InFlight(Generic[M]):
     busy_s: float
 
 
-def _id_str(entry_id: bytes | str) -> str:
-    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def default_consumer_name(service: str) -> str:
     """host-pid-random: unique per replica, so replicas never read each other's pending entries."""
     return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -135,7 +97,7 @@ def default_consumer_name(service: str) -> str:
 class StreamWorker(Generic[M]):
     def __init__(self, client: redis.Redis, processor: Processor[M], *, service: str, stream: str, group: str,
                  keys: Keys, settings: WorkerSettings, consumer: str | None = None,
-                 trim_keep_ms: int | None = None) -> None:
+                 streams: StreamTable | None = None) -> None:
         self.client = client
         self.processor = processor
         self.service = service
@@ -144,8 +106,9 @@ class StreamWorker(Generic[M]):
         self.keys = keys
         self.settings = settings
         self.consumer = consumer or default_consumer_name(service)
-        # None: never trim. Otherwise entries every group has acknowledged and older than this go.
-        self.trim_keep_ms = trim_keep_ms
+        # What each stream we read or publish may hold: XADD options, and the retention step.
+        self.streams = streams or StreamTable(keys)
+        self._published: set[str] = set()
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self._signals = 0
@@ -155,8 +118,9 @@ class StreamWorker(Generic[M]):
         self._reading_new = False
         self._retry_entries: list[tuple[bytes, Fields]] | None = None
         self._in_flight: _InFlight[M] | None = None
+        self._group_ready = False
         self._overlap: ThreadPoolExecutor | None = None
-        if settings.overlap_batches and isinstance(processor, OverlappingProcessor):
+        if settings.overlap_batches and processor.splits_prepare():
             self._overlap = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{service}-prepare")
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -228,7 +192,7 @@ class StreamWorker(Generic[M]):
             pass
 
     def _ensure_group(self) -> None:
-        if getattr(self, "_group_ready", False):
+        if self._group_ready:
             return
         try:
             self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
@@ -256,8 +220,7 @@ class StreamWorker(Generic[M]):
             self._last_claim = now
             handled += self._flush()  # reclaimed entries are processed on their own, after it
             handled += self._reclaim()
-            if self.trim_keep_ms is not None:
-                self._trim_consumed()
+            self.apply_retention()
         entries = self._read()
         if not entries:
             return handled + self._flush()
@@ -336,22 +299,20 @@ class StreamWorker(Generic[M]):
             log.info("event=reclaimed service=%s consumer=%s entries=%d", self.service, self.consumer, reclaimed)
         return reclaimed
 
-    def _trim_consumed(self) -> int:
-        """Drop entries that every group has acknowledged and that are older than trim_keep_ms.
+    def apply_retention(self) -> None:
+        """Keep the streams this worker reads and writes within their declared rules.
 
-        Streams that are never shed by length (faces, events) stay bounded this way once consumed;
-        nothing unread or pending is ever removed.
+        The consumer trims what its groups have acknowledged; the producer applies the same rule to
+        what it publishes, so a stream whose reader is down is still held to its safety cap (and
+        the loss, if that cap is ever reached, is reported here and counted).
         """
-        floor = f"{int(time.time() * 1000) - self.trim_keep_ms}-0"
-        safe = [floor]
-        for group in self.client.xinfo_groups(self.stream):
-            safe.append(_id_str(group["last-delivered-id"]))
-            if group.get("pending"):
-                summary = self.client.xpending(self.stream, group["name"])
-                if summary.get("min"):
-                    safe.append(_id_str(summary["min"]))
-        min_id = min(safe, key=_id_key)
-        return self.client.xtrim(self.stream, minid=min_id, approximate=False)
+        for key in {self.stream, *self._published}:
+            spec = self.streams.spec(key)
+            if spec is None:
+                continue
+            report = apply_retention(self.client, spec)
+            if report.capped_unacknowledged:
+                self.client.hincrby(self.keys.stats(self.service), "capped_unacknowledged", report.capped)
 
     def _delivery_counts(self, ids: Sequence[bytes]) -> dict[bytes, int]:
         counts: dict[bytes, int] = {}
@@ -452,17 +413,14 @@ class StreamWorker(Generic[M]):
         """Publish outputs, dead letters and XACKs atomically (MULTI/EXEC)."""
         pipe = self.client.pipeline(transaction=True)
         for out in outputs:
-            if out.maxlen:
-                pipe.xadd(out.stream, out.fields, maxlen=out.maxlen, approximate=True)
-            else:
-                pipe.xadd(out.stream, out.fields)
+            pipe.xadd(out.stream, out.fields, **self._xadd_options(out.stream))
         dead_stream = self.keys.dead(self.stream)
         for entry_id, fields, reason in dead:
             letter = {b"reason": reason.encode()[:2000], b"entry_id": entry_id, b"group": self.group.encode(),
                       b"consumer": self.consumer.encode(), b"failed_ms": str(int(time.time() * 1000)).encode()}
             for name, value in list(fields.items())[:32]:
                 letter[b"orig:" + name[:100]] = value[:DEAD_FIELD_LIMIT]
-            pipe.xadd(dead_stream, letter, maxlen=DEAD_MAXLEN, approximate=True)
+            pipe.xadd(dead_stream, letter, **self._xadd_options(dead_stream))
             log.warning("event=dead_letter service=%s entry=%s reason=%s", self.service, entry_id.decode(), reason)
         acked = done_ids + [d[0] for d in dead]
         if acked:
@@ -475,25 +433,21 @@ class StreamWorker(Generic[M]):
             pipe.hincrby(stats_key, "dead", len(dead))
         # Processor state that must move with the acknowledgement (the classifier's per-track
         # smoothing) rides in the same transaction: one round trip less, and never half-applied.
-        stage_writes = getattr(self.processor, "stage_writes", None)
-        if callable(stage_writes):
-            stage_writes(pipe)
-        take_counters = getattr(self.processor, "take_counters", None)
-        for name, amount in (take_counters() if callable(take_counters) else {}).items():
-            if amount:
-                pipe.hincrby(stats_key, name, amount)
+        self.processor.stage_writes(pipe)
+        for name, amount in self.processor.counters.take().items():
+            pipe.hincrby(stats_key, name, amount)
         pipe.execute()
+        self._published.update(out.stream for out in outputs)
         self.stats.outputs += len(outputs)
         self.stats.dead += len(dead)
 
-    def _count(self, name: str, amount: int) -> None:
-        self.client.hincrby(self.keys.stats(self.service), name, amount)
+    def _xadd_options(self, stream: str) -> dict:
+        spec = self.streams.spec(stream)
+        return spec.xadd_options() if spec is not None else {}
 
     def _heartbeat(self) -> None:
         beat = {"service": self.service, "consumer": self.consumer, "host": socket.gethostname(),
                 "pid": os.getpid(), "ts_ms": int(time.time() * 1000), **self.stats.as_dict()}
-        extra = getattr(self.processor, "heartbeat_info", None)
-        if callable(extra):
-            beat.update(extra())
+        beat.update(self.processor.heartbeat_info())
         self.client.set(self.keys.heartbeat(self.service, self.consumer), json.dumps(beat),
                         ex=self.settings.heartbeat_ttl_s)

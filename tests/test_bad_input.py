@@ -19,7 +19,7 @@ import redis
 from shared.schemas import MAX_JPEG_BYTES, EmotionEvent, FaceMessage, FrameMessage, MessageError, decode, encode
 from shared.settings import WorkerSettings
 from shared.streams import Keys
-from shared.worker import Outbound, StreamWorker
+from shared.worker import Outbound, Processor, StreamWorker
 from tests.proc_utils import copy_model, emotion_proc, find_model_dir, service_env, stop_all, wait_for
 
 pytestmark = pytest.mark.skipif(find_model_dir() is None,
@@ -241,7 +241,7 @@ def test_thousand_malformed_faces_go_to_dead_letters_and_good_faces_flow(redis_c
     assert not __import__("os").path.exists(_Evil.marker)
 
 
-class _EventSink:
+class _EventSink(Processor):
     """A stand-in consumer of the events stream (the recorder's validation is the same decode)."""
 
     input_model = EmotionEvent

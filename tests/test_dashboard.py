@@ -536,13 +536,13 @@ def test_dataset_layouts_that_can_be_fer2013_pass(tmp_path):
     assert dataset_problem(tmp_path / "npz" / "fer2013_training.npz") is None
 
 
-def test_training_page_says_whether_a_worker_listens(redis_client):
+def test_training_page_says_whether_a_worker_listens(redis_client, keys):
     from services.dashboard.pages.training import listening_workers, workers_notice
 
-    assert listening_workers(redis_client) == 0
-    notice = workers_notice(0, 2)
-    assert "No worker is listening" in notice.children and "2 queued job(s)" in notice.children
-    assert "1 worker(s) listening" in workers_notice(1, 0).children
+    assert listening_workers(redis_client, keys) == 0
+    notice = workers_notice(0, 2, keys.training_queue)
+    assert "No worker is listening on queue 't:training'" in notice.children and "2 queued job(s)" in notice.children
+    assert "1 worker(s) listening" in workers_notice(1, 0, keys.training_queue).children
 
 
 def test_default_model_is_listed_among_versions_and_served(dash_settings, redis_client):

@@ -19,7 +19,7 @@ import redis
 import requests
 
 from shared.schemas import encode
-from shared.streams import Keys
+from shared.streams import Keys, StreamTable
 from tests.test_dashboard_support import emotion_event, face_png, frame_message, served_model_dir  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -174,7 +174,8 @@ class Feeder:
             now = int(time.time() * 1000)
             pipe = self.client.pipeline(transaction=False)
             for index, camera in enumerate(self.cameras):
-                pipe.xadd(self.keys.frames, encode(frame_message(camera, frame_id, captured_ms=now)), maxlen=300)
+                pipe.xadd(self.keys.frames, encode(frame_message(camera, frame_id, captured_ms=now)),
+                          **StreamTable(self.keys).frames.xadd_options())
                 event = emotion_event(camera, frame_id, label=labels[(frame_id // 6 + index) % len(labels)],
                                       track_id=1 + index, captured_ms=now)
                 pipe.xadd(self.keys.events, encode(event))
@@ -288,7 +289,8 @@ def test_training_page_enqueues_a_job(dashboard, browser, redis_url_module, tmp_
     _replace_text(browser.find_element(By.ID, "train-epochs"), "2")
     browser.find_element(By.ID, "train-submit").click()
     job_id = _wait(browser, lambda d: d.find_elements(By.ID, "train-job-id"), what="the enqueued job id")[0].text
-    queue = Queue("training", connection=redis.Redis.from_url(redis_url_module), serializer=JSONSerializer)
+    queue = Queue(Keys(PREFIX).training_queue, connection=redis.Redis.from_url(redis_url_module),
+                  serializer=JSONSerializer)
     assert job_id in queue.job_ids
     _wait(browser, lambda d: job_id[:12] in d.find_element(By.ID, "train-jobs").text, what="the job in the table")
     assert "queued (no worker)" in browser.find_element(By.ID, "train-jobs").text

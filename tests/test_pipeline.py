@@ -17,7 +17,7 @@ from services.classifier.run import build_worker as build_classifier
 from services.detector.run import build_worker as build_detector
 from shared.registry import ModelRegistry
 from shared.schemas import EmotionEvent, FaceMessage, decode, encode
-from shared.streams import CLASSIFIER_GROUP, Keys
+from shared.streams import CLASSIFIER_GROUP, Keys, Retention, StreamTable
 
 
 def write_demo_video(path, frames: int = 45) -> None:
@@ -32,7 +32,7 @@ def capture_file(client, settings, path, camera_id="cam0", session_id="s1"):
     source = open_source(str(path), fps=1000)
     capture_settings = settings.capture.model_copy(update={"fps": 1000.0, "shed_lag": 10_000})
     return run_capture(client, Keys(settings.prefix), capture_settings, source, camera_id=camera_id,
-                       session_id=session_id, frames_maxlen=10_000, stop=threading.Event())
+                       session_id=session_id, stop=threading.Event())
 
 
 def read_events(client, keys):
@@ -126,8 +126,8 @@ def test_entries_of_a_dead_consumer_are_reclaimed(redis_client, pipeline_setting
 
 def test_hot_swap_between_batches_loses_and_duplicates_nothing(redis_client, pipeline_settings, tmp_path, model_dir):
     keys = Keys(pipeline_settings.prefix)
-    settings = pipeline_settings.model_copy(update={"classifier": pipeline_settings.classifier.model_copy(
-        update={"batch_size": 8, "batch_wait_ms": 0, "model_check_s": 0.01})})
+    settings = pipeline_settings.model_copy(update={"model_check_s": 0.01, "classifier": pipeline_settings.classifier.model_copy(
+        update={"batch_size": 8, "batch_wait_ms": 0})})
     registry = ModelRegistry(settings.registry_dir, redis_client, keys, settings.default_model_dir)
     for version in ("v1", "v2"):
         staged = tmp_path / version
@@ -143,7 +143,7 @@ def test_hot_swap_between_batches_loses_and_duplicates_nothing(redis_client, pip
     events = read_events(redis_client, keys)
     versions = [e.model_version for e in events]
     assert len(events) == len({e.event_id for e in events}) == total
-    assert versions[0] == "v1" and versions[-1] == "v2" and worker.processor.swaps == 1
+    assert versions[0] == "v1" and versions[-1] == "v2" and worker.processor.follower.swaps == 1
 
 
 def test_consumed_entries_are_trimmed_but_unread_and_pending_ones_are_kept(redis_client, pipeline_settings, tmp_path):
@@ -153,18 +153,18 @@ def test_consumed_entries_are_trimmed_but_unread_and_pending_ones_are_kept(redis
         update={"batch_size": 2, "batch_wait_ms": 0})})
     total = _fill_faces(redis_client, settings, tmp_path, frames=10)
     worker = build_classifier(settings, redis_client)
-    worker.trim_keep_ms = 0
+    worker.streams = StreamTable(keys, faces=Retention(cap=100_000, after_ack=True, keep_ms=0))
     worker.run(max_entries=4)
     held = [entry_id for entry_id, _ in redis_client.xreadgroup(CLASSIFIER_GROUP, "slow-replica", {keys.faces: ">"},
                                                                  count=2)[0][1]]
-    worker._trim_consumed()
+    worker.apply_retention()
     remaining = [entry_id for entry_id, _ in redis_client.xrange(keys.faces)]
     assert remaining[0] == held[0]  # pending at another consumer: kept, and everything after it
     assert len(remaining) == total - 4
     redis_client.xack(keys.faces, CLASSIFIER_GROUP, *held)
     worker.run(burst=True)
-    worker._trim_consumed()
-    assert redis_client.xlen(keys.faces) <= 1  # the last delivered entry marks the group's position
+    worker.apply_retention()
+    assert redis_client.xlen(keys.faces) == 0  # every face acknowledged: all trimmed
     assert redis_client.xlen(keys.events) == total - 2
 
 

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.recorder.run import build_worker, drop_crop_group
-from services.recorder.service import CROPS_GROUP
+from shared.streams import CROPS_GROUP
 from shared.schemas import encode
 from shared.store import make_engine
 from shared.streams import RECORDER_GROUP
@@ -70,7 +70,7 @@ def test_every_event_delivered_twice_is_stored_once(redis_client, settings, keys
     worker = build_worker(_fast(settings, batch_size=16), redis_client, store)
     worker.run(burst=True)
     assert _rows(store) == (80, 80, 80)
-    assert worker.processor.duplicates == 80
+    assert worker.processor.counters["duplicates"] == 80
     assert _pending(redis_client, keys) == 0
 
 

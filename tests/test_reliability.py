@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from shared.schemas import BBox, EmotionEvent, FaceMessage, FrameMessage, decode, encode
-from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys
+from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys, StreamTable
 from tests.proc_utils import (RedisServer, TcpProxy, copy_model, emotion_proc, find_model_dir, service_env,
                               stop_all, wait_for)
 
@@ -297,8 +297,8 @@ def test_corrupt_model_is_refused_and_running_classifier_keeps_serving(redis_cli
     s = settings.model_copy(update={
         "default_model_dir": served_model,
         "worker": settings.worker.model_copy(update={"block_ms": 50}),
-        "classifier": settings.classifier.model_copy(update={"batch_size": 8, "batch_wait_ms": 0,
-                                                             "model_check_s": 0.05})})
+        "model_check_s": 0.05, "classifier": settings.classifier.model_copy(update={"batch_size": 8,
+                                                                                    "batch_wait_ms": 0})})
     worker = build_worker(s, redis_client)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -309,7 +309,7 @@ def test_corrupt_model_is_refused_and_running_classifier_keeps_serving(redis_cli
             redis_client.set(keys.model_current, bad)  # bypass promote: what a tampered key would do
             time.sleep(0.3)
             fill_faces(redis_client, keys.faces, make_faces(40, session=f"after-{bad}"))
-            wait_for(lambda: worker.processor.model_error, 10, what="model_error")
+            wait_for(lambda: worker.processor.follower.error, 10, what="model_error")
 
             def heartbeat():
                 raw = redis_client.get(keys.heartbeat("classifier", worker.consumer))
@@ -322,7 +322,7 @@ def test_corrupt_model_is_refused_and_running_classifier_keeps_serving(redis_cli
         events = [decode(EmotionEvent, f) for _, f in redis_client.xrange(keys.events)]
         assert len(events) == len({e.event_id for e in events}) == 120
         assert {e.model_version for e in events} == {"good1"}
-        assert worker.processor.swaps == 0
+        assert worker.processor.follower.swaps == 0
     finally:
         worker.stop_event.set()
         thread.join(10)
@@ -337,12 +337,12 @@ POISON_WORKER = textwrap.dedent("""
     from shared.schemas import FaceMessage
     from shared.settings import WorkerSettings
     from shared.streams import Keys
-    from shared.worker import Outbound, StreamWorker
+    from shared.worker import Outbound, Processor, StreamWorker
 
     url, prefix, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
     keys = Keys(prefix)
 
-    class Crashy:
+    class Crashy(Processor):
         input_model = FaceMessage
         def handle(self, batch):
             out = []
@@ -402,19 +402,20 @@ def test_overload_sheds_frames_keeps_frames_bounded_and_never_trims_faces(redis_
 
     cleanup_prefix.append(prefix)
     keys = Keys(prefix)
-    base = dict(EMOTION_LOG_LEVEL="WARNING", EMOTION_FRAMES_MAXLEN="40")
+    base = dict(EMOTION_LOG_LEVEL="WARNING")
+    cap = StreamTable(keys).frames.retention.cap
     env = service_env(redis_url, prefix, served_model, tmp_path / "registry", **base)
 
-    # (a) no detector at all and no lag limit: the frames stream is capped by MAXLEN ~.
+    # (a) no detector at all and no lag limit: the frames stream is capped by MAXLEN ~ (the table's rule).
     capped = emotion_proc(["capture", "--source", "demo", "--camera-id", "over0", "--fps", "120", "--max-frames",
-                           "400", "--json"], dict(env, EMOTION_CAPTURE__SHED_LAG="100000"), tmp_path / "capture-a.log")
+                           str(cap + 200), "--json"], dict(env, EMOTION_CAPTURE__SHED_LAG="100000"), tmp_path / "capture-a.log")
     try:
         capped.popen.wait(60)
     finally:
         capped.stop()
     assert capped.popen.returncode == 0, capped.output()
-    assert redis_client.xlen(keys.frames) <= 40 + 100  # approximate trimming: within one stream node
-    assert int(redis_client.hget(keys.stats("capture"), "published")) == 400
+    assert redis_client.xlen(keys.frames) <= cap + 100  # approximate trimming: within one stream node
+    assert int(redis_client.hget(keys.stats("capture"), "published")) == cap + 200
 
     # (b) a detector group that does not keep up (nobody reading): capture sheds instead of queueing.
     redis_client.delete(keys.frames)

@@ -16,7 +16,7 @@ from rq.job import Job, JobStatus
 from shared.registry import ModelRegistry
 from shared.training import TrainConfig
 from tests.trainer_fixtures import copy_model, write_fer_folder
-from trainer.jobs import (JOB_TIMEOUT_S, TRAINING_QUEUE, JobSettings, _better_than_current, cancel_training,
+from trainer.jobs import (JOB_TIMEOUT_S, JobSettings, _better_than_current, cancel_training,
                           enqueue_training, run_training_job, run_worker, serializer, training_queue)
 
 pytestmark = pytest.mark.slow
@@ -36,10 +36,10 @@ def tiny_config(tmp_path):
                        run_dir=tmp_path / "run dir", promote="if-better")
 
 
-def start_worker(redis_url: str, cwd: Path, log_path: Path) -> subprocess.Popen:
+def start_worker(redis_url: str, prefix: str, cwd: Path, log_path: Path) -> subprocess.Popen:
     """`emotion worker --burst` as its own process (a forking RQ worker, as deployed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_") and k not in ("REDIS_URL",)}
-    env.update(EMOTION_REDIS_URL=redis_url, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(EMOTION_REDIS_URL=redis_url, EMOTION_PREFIX=prefix, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.Popen([sys.executable, "-m", "emotion", "worker", "--burst"], cwd=cwd, env=env,
                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
 
@@ -61,12 +61,12 @@ def watch(job: Job, process: subprocess.Popen, timeout_s: float, until=None) -> 
 def test_training_job_end_to_end(redis_client, redis_url, tiny_config, job_settings, tmp_path, keys):
     """Enqueue -> worker trains (progress in job.meta) -> export -> evaluate -> register -> promote."""
     job = enqueue_training(redis_client, tiny_config, job_settings)
-    assert job.origin == TRAINING_QUEUE and job.timeout == JOB_TIMEOUT_S and job.result_ttl > 0
+    assert job.origin == keys.training_queue == "t:training" and job.timeout == JOB_TIMEOUT_S and job.result_ttl > 0
     assert all(isinstance(arg, (str, type(None))) for arg in job.args)  # JSON strings only
     stored = json.loads(zlib.decompress(redis_client.hget(job.key, "data")))  # JSON serializer, no pickle
     assert stored[0] == "trainer.jobs.run_training_job"
 
-    process = start_worker(redis_url, tmp_path, tmp_path / "worker.log")
+    process = start_worker(redis_url, keys.prefix, tmp_path, tmp_path / "worker.log")
     seen = watch(job, process, timeout_s=400)
     process.wait(timeout=60)
     log = (tmp_path / "worker.log").read_text(errors="replace")
@@ -89,39 +89,39 @@ def test_training_job_end_to_end(redis_client, redis_url, tiny_config, job_setti
     assert (registry.path(result["version"]) / "report.md").exists()
 
 
-def test_failed_job_keeps_its_traceback(redis_client, tmp_path, job_settings):
+def test_failed_job_keeps_its_traceback(redis_client, tmp_path, job_settings, keys):
     """A dataset error inside the job surfaces as a failed job with the traceback stored by RQ."""
     broken = tmp_path / "broken.npz"
     broken.write_bytes(b"this is not an archive")
     job = enqueue_training(redis_client, TrainConfig(data=broken, model="compact16", epochs=1), job_settings)
-    run_worker(redis_client, burst=True, simple=True)
+    run_worker(redis_client, keys, burst=True, simple=True)
     job.refresh()
     assert job.get_status() == JobStatus.FAILED
     error = job.latest_result().exc_string
     assert "Traceback" in error and "not a readable .npz archive" in error
 
 
-def test_job_arguments_are_validated_in_the_worker(redis_client, job_settings, tmp_path):
+def test_job_arguments_are_validated_in_the_worker(redis_client, job_settings, tmp_path, keys):
     """Whatever reaches the queue is validated again: unknown fields are refused, nothing is unpickled."""
     bad = json.dumps({"data": str(tmp_path), "model": "compact16", "exec": "rm -rf /"})
-    job = training_queue(redis_client).enqueue(run_training_job, args=(bad, job_settings.model_dump_json()))
-    run_worker(redis_client, burst=True, simple=True)
+    job = training_queue(redis_client, keys).enqueue(run_training_job, args=(bad, job_settings.model_dump_json()))
+    run_worker(redis_client, keys, burst=True, simple=True)
     job.refresh()
     assert job.get_status() == JobStatus.FAILED
     assert "Extra inputs are not permitted" in job.latest_result().exc_string
 
 
-def test_queued_job_can_be_cancelled(redis_client, tiny_config, job_settings):
+def test_queued_job_can_be_cancelled(redis_client, tiny_config, job_settings, keys):
     job = enqueue_training(redis_client, tiny_config, job_settings)
     assert cancel_training(redis_client, job.id) == "canceled"
     assert Job.fetch(job.id, connection=redis_client, serializer=serializer()).get_status() == JobStatus.CANCELED
-    assert training_queue(redis_client).count == 0
+    assert training_queue(redis_client, keys).count == 0
 
 
-def test_running_job_can_be_stopped(redis_client, redis_url, tiny_config, job_settings, tmp_path):
+def test_running_job_can_be_stopped(redis_client, redis_url, tiny_config, job_settings, tmp_path, keys):
     """send_stop_job_command reaches the forking worker, which kills the work horse mid-training."""
     job = enqueue_training(redis_client, tiny_config.model_copy(update={"epochs": 200}), job_settings)
-    process = start_worker(redis_url, tmp_path, tmp_path / "worker.log")
+    process = start_worker(redis_url, keys.prefix, tmp_path, tmp_path / "worker.log")
     seen = watch(job, process, timeout_s=300, until=lambda meta: meta.get("epoch", 0) >= 1)
     assert seen and seen[-1].get("epoch", 0) >= 1, (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
     assert cancel_training(redis_client, job.id) == "stop requested"

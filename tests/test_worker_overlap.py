@@ -15,13 +15,13 @@ import redis
 
 from shared.schemas import FaceMessage, decode, encode
 from shared.settings import WorkerSettings
-from shared.worker import Outbound, StreamWorker, TransientError
+from shared.worker import Outbound, Processor, StreamWorker, TransientError
 from tests.test_bad_input import good_face
 
 GROUP = "g"
 
 
-class Doubler:
+class Doubler(Processor):
     """prepare: the heavy, thread-safe part (here: read frame ids); finish: outputs in batch order."""
 
     input_model = FaceMessage
@@ -37,9 +37,6 @@ class Doubler:
     def finish(self, batch: list[FaceMessage], prepared: list[int]) -> list[Outbound]:
         return [Outbound(self.out, {b"frame": str(f.frame_id).encode(), b"double": str(d).encode()})
                 for f, d in zip(batch, prepared)]
-
-    def handle(self, batch: list[FaceMessage]) -> list[Outbound]:
-        return self.finish(batch, self.prepare(batch))
 
 
 def _fill(client, stream: str, count: int) -> None:

@@ -23,7 +23,6 @@ from shared.training import DatasetPathError, TrainConfig, dataset_problem
 
 log = logging.getLogger(__name__)
 
-TRAINING_QUEUE = Keys().training_queue
 JOB_TIMEOUT_S = 48 * 3600  # RQ's default (180 s) would kill any real training
 RESULT_TTL_S = 30 * 24 * 3600
 FAILURE_TTL_S = 30 * 24 * 3600
@@ -54,18 +53,19 @@ def serializer():
     return JSONSerializer
 
 
-def training_queue(client: redis.Redis):
+def training_queue(client: redis.Redis, keys: Keys):
+    """The RQ queue of training jobs, named under the deployment's prefix like every other key."""
     from rq import Queue
 
-    return Queue(TRAINING_QUEUE, connection=client, serializer=serializer())
+    return Queue(keys.training_queue, connection=client, serializer=serializer())
 
 
-def listening_workers(client: redis.Redis) -> int:
+def listening_workers(client: redis.Redis, keys: Keys) -> int:
     """RQ workers registered for the training queue (a worker that died unannounced counts until its
     registration expires, RQ's worker_ttl)."""
     from rq import Worker
 
-    return Worker.count(connection=client, queue=training_queue(client))
+    return Worker.count(connection=client, queue=training_queue(client, keys))
 
 
 def new_version(cfg: TrainConfig) -> str:
@@ -74,7 +74,7 @@ def new_version(cfg: TrainConfig) -> str:
 
 def enqueue_training(client: redis.Redis, cfg: TrainConfig, settings, *, version: str | None = None,
                      job_timeout: int = JOB_TIMEOUT_S, result_ttl: int = RESULT_TTL_S):
-    """Put a training run on the `training` queue; `settings` is a Settings or JobSettings.
+    """Put a training run on the training queue; `settings` is a Settings or JobSettings.
 
     Raises DatasetPathError for a dataset path of no known layout: better now than in the worker."""
     job_settings = settings if isinstance(settings, JobSettings) else JobSettings.from_settings(settings)
@@ -85,7 +85,7 @@ def enqueue_training(client: redis.Redis, cfg: TrainConfig, settings, *, version
         cfg = cfg.model_copy(update={"run_dir": Path(cfg.run_dir).resolve()})
     cfg = cfg.model_copy(update={"data": Path(cfg.data).resolve(), "extra": [Path(p).resolve() for p in cfg.extra],
                                  "ferplus": Path(cfg.ferplus).resolve() if cfg.ferplus else None})
-    return training_queue(client).enqueue(
+    return training_queue(client, Keys(job_settings.prefix)).enqueue(
         run_training_job, args=(cfg.model_dump_json(), job_settings.model_dump_json(), version),
         job_timeout=job_timeout, result_ttl=result_ttl, failure_ttl=FAILURE_TTL_S,
         description=f"train {cfg.model} on {cfg.data} ({cfg.epochs} epochs, promote {cfg.promote})",
@@ -206,10 +206,10 @@ def train_and_register(cfg: TrainConfig, registry: ModelRegistry, *, version: st
     return summary
 
 
-def run_worker(client: redis.Redis, *, burst: bool = False, simple: bool = False) -> bool:
+def run_worker(client: redis.Redis, keys: Keys, *, burst: bool = False, simple: bool = False) -> bool:
     """Serve the training queue. The default worker forks a work horse per job (stoppable); `simple` runs in-process."""
     from rq import SimpleWorker, Worker
 
     worker_class = SimpleWorker if simple else Worker
-    worker = worker_class([training_queue(client)], connection=client, serializer=serializer())
+    worker = worker_class([training_queue(client, keys)], connection=client, serializer=serializer())
     return worker.work(burst=burst, with_scheduler=False)

@@ -1,82 +1,20 @@
-"""Pipeline subcommands: capture, detector, classifier, up, start."""
+"""Pipeline subcommands: up (every service as a local process) and start (the original webcam verb).
+
+The services themselves (capture, detector, classifier, recorder, dashboard) are in services.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import threading
-import uuid
-from datetime import datetime, timezone
 
 from emotion.arguments import at_least_one, port, positive_seconds
-from emotion.errors import UserError
 
 
-def _settings(**overrides):
+def _settings():
     from shared.settings import Settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def new_session_id() -> str:
-    return datetime.now(timezone.utc).strftime("s%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:4]
-
-
-def _check_config(args, settings) -> bool:
-    if getattr(args, "check_config", False):
-        print(json.dumps({"ok": True, "command": args.command}))
-        return True
-    return False
-
-
-def cmd_capture(args) -> int:
-    import signal
-
-    from services.capture.capture import run_capture
-    from services.capture.sources import SourceError, open_source
-    from shared.bootstrap import configure_logging, redis_from
-    from shared.streams import Keys
-
-    settings = _settings()
-    if args.fps is not None:
-        settings.capture = type(settings.capture).model_validate({**settings.capture.model_dump(), "fps": args.fps})
-    if _check_config(args, settings):
-        return 0
-    configure_logging(settings)
-    try:
-        source = open_source(args.source, fps=settings.capture.fps, loop=args.loop,
-                             reconnect_max_s=settings.capture.reconnect_max_s)
-    except SourceError as exc:
-        raise UserError(str(exc)) from None
-    client = redis_from(settings)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stats = run_capture(client, Keys(settings.prefix), settings.capture, source, camera_id=args.camera_id,
-                        session_id=args.session or new_session_id(), frames_maxlen=settings.frames_maxlen,
-                        stop=stop, max_frames=args.max_frames, heartbeat_ttl_s=settings.worker.heartbeat_ttl_s)
-    if args.json:
-        print(json.dumps(stats.__dict__))
-    return 0
-
-
-def _service_command(run_module: str):
-    def command(args) -> int:
-        import importlib
-
-        from shared.bootstrap import configure_logging
-
-        settings = _settings()
-        if getattr(args, "threads", None) is not None:
-            settings.classifier = type(settings.classifier).model_validate(
-                {**settings.classifier.model_dump(), "threads": args.threads})
-        if _check_config(args, settings):
-            return 0
-        configure_logging(settings)
-        return importlib.import_module(run_module).run(settings)
-
-    return command
+    return Settings()
 
 
 def cmd_up(args) -> int:
@@ -107,26 +45,6 @@ def cmd_start(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("capture", help="publish frames of one camera/source to the frames stream")
-    p.add_argument("--source", required=True, help="webcam index (0), video file, rtsp/http URL, image folder or glob, "
-                                                   "'demo', or 'demo:PATH.npz' (FER-2013 faces)")
-    p.add_argument("--camera-id", required=True, help="name of this camera (letters, digits, _.:-)")
-    p.add_argument("--fps", type=float, default=None, help="frames per second to publish (default 15)")
-    p.add_argument("--loop", action="store_true", help="restart file sources at their end")
-    p.add_argument("--session", default=None, help="session id (default: a new one)")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--json", action="store_true", help="print capture statistics as JSON at the end")
-    p.add_argument("--check-config", action="store_true", help="validate settings and exit")
-    p.set_defaults(func=cmd_capture)
-
-    for name, module, text in (("detector", "services.detector.run", "find and crop faces (consumer group detector)"),
-                               ("classifier", "services.classifier.run", "classify faces (consumer group classifier)")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--check-config", action="store_true", help="validate settings and exit")
-        if name == "classifier":
-            p.add_argument("--threads", type=int, default=None, help="inference threads")
-        p.set_defaults(func=_service_command(module))
-
     duration_help = "stop after this many seconds of running (counted once every process is up; default: until Ctrl+C)"
     p = sub.add_parser("up", help="run the whole pipeline as local processes")
     p.add_argument("--source", action="append", help="a source per camera (repeatable; default: demo)")

@@ -1,4 +1,4 @@
-"""Event-store subcommands: recorder, export, db upgrade / db current."""
+"""Event-store subcommands: export, db upgrade / db current (the recorder is a service: services.py)."""
 
 from __future__ import annotations
 
@@ -11,28 +11,13 @@ from pathlib import Path
 from emotion.errors import UserError
 
 
+DATABASE_URL_HELP = "SQLAlchemy URL of the event store (default: EMOTION_DATABASE_URL / DATABASE_URL, else sqlite)"
+
+
 def _settings(args):
-    from shared.settings import RecorderSettings, Settings
+    from shared.settings import Settings
 
-    overrides = {"database_url": getattr(args, "database_url", None)}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    if getattr(args, "retention_days", None) is not None:
-        settings.recorder = RecorderSettings.model_validate({**settings.recorder.model_dump(),
-                                                             "retention_days": args.retention_days})
-    return settings
-
-
-def _check_url(url: str) -> None:
-    from sqlalchemy.engine import make_url
-
-    from shared.store import normalize_url
-
-    try:
-        backend = make_url(normalize_url(url)).get_backend_name()
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError for a malformed URL
-        raise UserError(f"invalid database URL: {exc}") from None
-    if backend not in ("sqlite", "postgresql"):
-        raise UserError(f"the event store supports sqlite:/// and postgresql:// URLs, not {backend}")
+    return Settings(**({"database_url": args.database_url} if args.database_url else {}))
 
 
 def parse_time(text: str, *, end: bool = False) -> datetime:
@@ -58,32 +43,13 @@ def _store_error(exc: Exception, url: str):
     return UserError(f"event store {redact_url(url)}: {described}{hint}")
 
 
-def cmd_recorder(args) -> int:
-    from shared.bootstrap import configure_logging
-    from shared.store import StoreUnavailable
-
-    settings = _settings(args)
-    _check_url(settings.database_url)
-    if args.check_config:
-        print(json.dumps({"ok": True, "command": "recorder", "retention_days": settings.recorder.retention_days,
-                          "keep_crops": settings.recorder.keep_crops}))
-        return 0
-    configure_logging(settings)
-    from services.recorder.run import run
-
-    try:
-        return run(settings)
-    except StoreUnavailable as exc:
-        raise UserError(str(exc)) from None
-
-
 def cmd_export(args) -> int:
     import sqlalchemy as sa
 
-    from shared.store import make_engine, queries
+    from shared.store import check_url, make_engine, queries
 
     settings = _settings(args)
-    _check_url(settings.database_url)
+    check_url(settings.database_url)
     start, end = parse_time(args.start), parse_time(args.end, end=True)
     if end <= start:
         raise UserError(f"--to ({end.isoformat()}) must be after --from ({start.isoformat()})")
@@ -160,10 +126,10 @@ def _empty_events_frame():
 def cmd_db(args) -> int:
     import sqlalchemy as sa
 
-    from shared.store import current_revision, head_revision, make_engine, migrate, redact_url
+    from shared.store import check_url, current_revision, head_revision, make_engine, migrate, redact_url
 
     settings = _settings(args)
-    _check_url(settings.database_url)
+    check_url(settings.database_url)
     try:
         if args.db_command == "upgrade":
             revision = migrate(settings.database_url)
@@ -181,14 +147,6 @@ def cmd_db(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    db_url_help = "SQLAlchemy URL of the event store (default: EMOTION_DATABASE_URL / DATABASE_URL, else sqlite)"
-
-    p = sub.add_parser("recorder", help="store emotion events in the SQL store (consumer group recorder)")
-    p.add_argument("--database-url", default=None, help=db_url_help)
-    p.add_argument("--retention-days", type=int, default=None, help="delete events older than this many days")
-    p.add_argument("--check-config", action="store_true", help="validate settings and exit")
-    p.set_defaults(func=cmd_recorder)
-
     p = sub.add_parser("export", help="export recorded events of a time range as CSV or Parquet")
     p.add_argument("--from", dest="start", required=True, help="start (UTC): ISO datetime or date")
     p.add_argument("--to", dest="end", required=True, help="end (UTC, exclusive): ISO datetime, or a date for the "
@@ -197,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("csv", "parquet"), default="csv", help="csv (default) or parquet")
     p.add_argument("--output", default=None, help="file to write ('-' for stdout; default "
                                                   "emotion-events-<from>-<to>.<format>)")
-    p.add_argument("--database-url", default=None, help=db_url_help)
+    p.add_argument("--database-url", default=None, help=DATABASE_URL_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("db", help="event store schema (Alembic migrations)")
@@ -205,5 +163,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, text in (("upgrade", "upgrade the schema to the newest revision"),
                        ("current", "print the schema revision of the store")):
         q = db_sub.add_parser(name, help=text)
-        q.add_argument("--database-url", default=None, help=db_url_help)
+        q.add_argument("--database-url", default=None, help=DATABASE_URL_HELP)
         q.set_defaults(func=cmd_db)

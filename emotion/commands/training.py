@@ -127,6 +127,7 @@ def cmd_train(args) -> int:
 
 def cmd_worker(args) -> int:
     from shared.bootstrap import configure_logging
+    from shared.streams import Keys
     from trainer.jobs import run_worker
 
     settings = _settings()
@@ -134,7 +135,7 @@ def cmd_worker(args) -> int:
         print(json.dumps({"ok": True, "command": "worker"}))
         return 0
     configure_logging(settings)
-    run_worker(_connect(settings, wait_s=10.0), burst=args.burst)
+    run_worker(_connect(settings, wait_s=10.0), Keys(settings.prefix), burst=args.burst)
     return 0
 
 
@@ -265,7 +266,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--recipe: one cosine cycle of this many epochs instead of the recipe's cycles (tiny runs)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("worker", help="run the RQ training worker (queue 'training')")
+    p = sub.add_parser("worker", help="run the RQ training worker (queue '<prefix>:training')")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.add_argument("--check-config", action="store_true", help="validate settings and exit")
     p.set_defaults(func=cmd_worker)

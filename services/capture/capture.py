@@ -1,8 +1,9 @@
 """The capture loop: read a source, pace it, shed frames the pipeline cannot take, publish JPEGs.
 
 Capture is the one producer that is not a consumer-group worker. Under load it drops new frames
-(counted as `shed` in the stats hash and the returned summary) instead of blocking or letting the
-stream grow: live frames are only worth processing while they are fresh.
+(counted as `shed` in the stats hash and the returned summary) instead of blocking, and the frames
+stream is capped as the table of streams says (shared/streams.py): live frames are only worth
+processing while they are fresh.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from services.capture.sources import Source
 from shared.redis_conn import REDIS_DOWN_ERRORS, redact
 from shared.schemas import FrameMessage, encode
 from shared.settings import CaptureSettings
-from shared.streams import DETECTOR_GROUP, Keys
+from shared.stream_state import group_state
+from shared.streams import DETECTOR_GROUP, Keys, StreamTable
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,8 @@ def encode_frame(frame: np.ndarray, settings: CaptureSettings) -> tuple[bytes, i
 
 
 class LagProbe:
-    """How far the detector group is behind on the frames stream (XINFO GROUPS 'lag'), cached briefly."""
+    """How far the detector group is behind on the frames stream, cached briefly. Before the detector
+    has created its group there is nobody to fall behind (a missing group or unknown lag reads 0)."""
 
     def __init__(self, client: redis.Redis, stream: str, every_s: float = 0.2) -> None:
         self.client, self.stream, self.every_s = client, stream, every_s
@@ -93,23 +96,20 @@ class LagProbe:
         now = time.monotonic()
         if now - self._at >= self.every_s:
             self._at = now
-            try:
-                groups = self.client.xinfo_groups(self.stream)
-            except redis.ResponseError:  # stream not created yet
-                groups = []
-            lags = [g.get("lag") for g in groups if g.get("name") in (DETECTOR_GROUP, DETECTOR_GROUP.encode())]
-            self._value = int(lags[0]) if lags and lags[0] is not None else 0
+            state = group_state(self.client, self.stream, DETECTOR_GROUP)
+            self._value = (state.lag or 0) if state.exists else 0
         return self._value
 
 
 def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, source: Source, *, camera_id: str,
-                session_id: str, frames_maxlen: int, stop: threading.Event, max_frames: int | None = None,
+                session_id: str, stop: threading.Event, max_frames: int | None = None,
                 heartbeat_ttl_s: int = 10) -> CaptureStats:
     stats = CaptureStats()
     interval = 1.0 / settings.fps
     next_due = time.monotonic()
     probe = LagProbe(client, keys.frames)
     heartbeat = Heartbeat(client, keys, camera_id, heartbeat_ttl_s)
+    frames_options = StreamTable(keys).frames.xadd_options()
     backoff = 0.5
     client.hset(keys.cameras, camera_id, json.dumps({"source": redact(source.name), "session_id": session_id,
                                                      "fps": settings.fps, "started_ms": stats.started_ms}))
@@ -135,7 +135,7 @@ def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, sour
             message = FrameMessage(camera_id=camera_id, session_id=session_id, frame_id=stats.frames_read - 1,
                                    captured_ms=int(time.time() * 1000), width=width, height=height, jpeg=jpeg)
             pipe = client.pipeline(transaction=False)
-            pipe.xadd(keys.frames, encode(message), maxlen=frames_maxlen, approximate=True)
+            pipe.xadd(keys.frames, encode(message), **frames_options)
             pipe.hincrby(keys.stats("capture"), "published", 1)
             pipe.execute()
             stats.published += 1

@@ -2,8 +2,13 @@
 
 Replicas share the faces stream through one consumer group. The per-track smoothed distribution is
 kept in Redis (not in a replica's memory) because consecutive faces of one track land on different
-replicas. A newly promoted model is loaded between batches; if it cannot be loaded the previous
-model keeps serving and the failure is reported in the heartbeat.
+replicas. A newly promoted model is loaded between batches (shared/model_follower.py); if it cannot
+be loaded the previous model keeps serving and the failure is reported in the heartbeat.
+
+Each face names the preprocessing its crop was made with (`preprocess`, an id digesting every
+field); one that differs from the serving model's is still classified (a promotion reaches the
+detector and the classifiers a moment apart, and those faces must not be lost) but counted as
+`preprocess_mismatch` in the stats hash, and logged when a new pair of ids appears.
 """
 
 from __future__ import annotations
@@ -13,17 +18,18 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 import redis
 
 from shared.emotions import EMOTIONS
-from shared.model_runtime import EmotionModel, ModelError
+from shared.model_follower import ModelFollower
+from shared.model_runtime import EmotionModel
+from shared.processor import Outbound, Processor
 from shared.schemas import EmotionEvent, FaceMessage, StageTimes, encode
 from shared.streams import Keys
-from shared.worker import Outbound
 
 log = logging.getLogger(__name__)
 TRACK_STATE_TTL_S = 60
@@ -95,6 +101,7 @@ class Inference:
     """What `prepare` hands to `finish`: one batch's probabilities and the model that made them."""
 
     model_version: str
+    preprocess: str  # the id of the preprocessing that model expects
     probabilities: np.ndarray
     resized: int  # crops that were not at the model's input size
 
@@ -146,40 +153,33 @@ class RedisTrackStore:
                      ex=TRACK_STATE_TTL_S)
 
 
-class ClassifierProcessor:
+class ClassifierProcessor(Processor[FaceMessage]):
     input_model = FaceMessage
 
     def __init__(self, model: EmotionModel, keys: Keys, tracks: TrackStore, *, tau_ms: float,
-                 model_loader: Callable[[], EmotionModel | None] | None = None, check_every_s: float = 1.0,
-                 flip_tta: bool = False) -> None:
+                 follower: ModelFollower[EmotionModel] | None = None, flip_tta: bool = False) -> None:
         self.model = model
         self.flip_tta = flip_tta
         self.keys = keys
         self.tracks = tracks
         self.tau_ms = tau_ms
-        self.model_loader = model_loader  # returns a new model when the current version changed, else None
-        self.check_every_s = check_every_s
-        self._checked = time.monotonic()
-        self.model_error: str | None = None
-        self.swaps = 0
-        self._counters: dict[str, int] = {}
+        self.follower = follower  # yields a newly loaded model when the current version moved
         self._unsaved_states: dict[str, TrackState] = {}
+        self._mismatch_logged: tuple[str, str] | None = None
 
     def _maybe_swap(self) -> None:
-        if self.model_loader is None or time.monotonic() - self._checked < self.check_every_s:
-            return
-        self._checked = time.monotonic()
-        try:
-            new_model = self.model_loader()
-        except ModelError as exc:
-            if self.model_error != str(exc):
-                log.error("event=model_refused error=%s serving=%s", exc, self.model.version)
-            self.model_error = str(exc)
-            return
+        new_model = self.follower.poll() if self.follower is not None else None
         if new_model is not None:
             log.info("event=model_swapped old=%s new=%s", self.model.version, new_model.version)
-            self.model, self.model_error = new_model, None
-            self.swaps += 1
+            self.model = new_model
+
+    def _count_mismatches(self, batch: list[FaceMessage], inference: Inference) -> None:
+        mismatched = [f.preprocess for f in batch if f.preprocess != inference.preprocess]
+        self.counters.add("preprocess_mismatch", len(mismatched))
+        if mismatched and self._mismatch_logged != (mismatched[0], inference.preprocess):
+            self._mismatch_logged = (mismatched[0], inference.preprocess)
+            log.warning("event=preprocess_mismatch faces=%d crop_preprocess=%s model=%s model_preprocess=%s",
+                        len(mismatched), mismatched[0], inference.model_version, inference.preprocess)
 
     def handle(self, batch: list[FaceMessage]) -> list[Outbound]:
         return self.finish(batch, self.prepare(batch))
@@ -192,12 +192,12 @@ class ClassifierProcessor:
         probabilities = model.predict_tta(crops) if self.flip_tta else model.predict(crops)
         if not np.all(np.isfinite(probabilities)):
             raise ValueError("model produced non-finite probabilities")
-        return Inference(model.version, probabilities, mismatched)
+        return Inference(model.version, model.preprocess.id, probabilities, mismatched)
 
     def finish(self, batch: list[FaceMessage], inference: Inference) -> list[Outbound]:
         """Probabilities -> smoothed events, in batch order on the worker's thread."""
-        if inference.resized:
-            self._counters["resized_crops"] = self._counters.get("resized_crops", 0) + inference.resized
+        self.counters.add("resized_crops", inference.resized)
+        self._count_mismatches(batch, inference)
         keys = [f"{f.camera_id}:{f.track_id}" for f in batch]
         events, states = build_events(batch, inference.probabilities, inference.model_version,
                                       self.tracks.load(keys), self.tau_ms, int(time.time() * 1000))
@@ -211,9 +211,6 @@ class ClassifierProcessor:
             self.tracks.save(self._unsaved_states, pipe)
             self._unsaved_states = {}
 
-    def take_counters(self) -> dict[str, int]:
-        counters, self._counters = self._counters, {}
-        return counters
-
     def heartbeat_info(self) -> dict:
-        return {"model_version": self.model.version, "model_error": self.model_error, "model_swaps": self.swaps}
+        return {"model_version": self.model.version, "preprocess_mismatch": self.counters["preprocess_mismatch"],
+                **(self.follower.heartbeat_info() if self.follower is not None else {})}

@@ -1,10 +1,7 @@
-"""`python -m services.dashboard`: serve the dashboard with settings from the environment."""
+"""`python -m services.dashboard`: the dashboard with settings from the environment (as `emotion dashboard`)."""
 
-from services.dashboard.app import serve
-from shared.bootstrap import configure_logging
-from shared.settings import Settings
+from services.dashboard.run import run
+from shared.bootstrap import service_main
 
 if __name__ == "__main__":
-    settings = Settings()
-    configure_logging(settings)
-    serve(settings)
+    service_main("dashboard", run)

@@ -17,22 +17,15 @@ import redis
 
 from shared.heartbeats import read_heartbeats
 from shared.schemas import EmotionEvent, FrameMessage, MessageError, decode
-from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys
+from shared.stream_state import format_id, group_state, parse_id, text
+from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, LIVE_WINDOW_MS, RECORDER_GROUP, Keys
 
-WINDOW_MS = 70_000
+# The window is the events stream's retention for recorded events (the table of streams): older
+# events may already be trimmed, so the live views never read further back than this.
+WINDOW_MS = LIVE_WINDOW_MS
 READ_COUNT = 2_000
 MAX_CATCH_UP_READS = 10
 FRAME_PAGE = 8
-
-
-def parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def format_id(entry_id: tuple[int, int]) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
 
 
 @dataclass(frozen=True)
@@ -196,10 +189,6 @@ STAGES = (("capture", None, None), ("detector", "frames", DETECTOR_GROUP), ("cla
           ("recorder", "events", RECORDER_GROUP))
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def pipeline_snapshot(client: redis.Redis, keys: Keys) -> dict:
     """Counters, heartbeats, stream lengths and group state in one dict (all cheap O(1)-ish calls)."""
     streams = {"frames": keys.frames, "faces": keys.faces, "events": keys.events}
@@ -210,7 +199,7 @@ def pipeline_snapshot(client: redis.Redis, keys: Keys) -> dict:
         pipe.xlen(stream)
         pipe.xlen(keys.dead(stream))
     replies = pipe.execute()
-    stats = {name: {_text(k): int(v) for k, v in replies[i].items()}
+    stats = {name: {text(k): int(v) for k, v in replies[i].items()}
              for i, name in enumerate(("capture", "detector", "classifier", "recorder"))}
     lengths, dead = {}, {}
     for i, name in enumerate(streams):
@@ -220,15 +209,9 @@ def pipeline_snapshot(client: redis.Redis, keys: Keys) -> dict:
     for service, stream_name, group in STAGES:
         if stream_name is None:
             continue
-        try:
-            infos = client.xinfo_groups(streams[stream_name])
-        except redis.ResponseError:  # stream not created yet
-            infos = []
-        for info in infos:
-            if _text(info.get("name")) == group:
-                lag = info.get("lag")
-                groups[service] = {"lag": None if lag is None else int(lag), "pending": int(info.get("pending", 0)),
-                                   "consumers": int(info.get("consumers", 0))}
+        state = group_state(client, streams[stream_name], group)
+        if state.exists:
+            groups[service] = {"lag": state.lag, "pending": state.pending, "consumers": state.consumers}
     beats = read_heartbeats(client, keys)
     return {"ts_ms": int(time.time() * 1000), "stats": stats, "lengths": lengths, "dead": dead, "groups": groups,
             "heartbeats": beats}

@@ -50,11 +50,3 @@ def fmt_ms(epoch_ms: int | float | None) -> str:
     if not epoch_ms:
         return "–"
     return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-
-
-def fmt_number(value, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from shared.bootstrap import redis_from, registry_from
 from shared.faces import make_detector
-from shared.model_runtime import Preprocess, read_metadata
+from shared.model_follower import ModelFollower
+from shared.model_runtime import read_metadata
 from shared.settings import Settings
 from shared.streams import DETECTOR_GROUP, Keys
 from shared.worker import StreamWorker
@@ -13,16 +14,18 @@ from services.detector.service import DetectorProcessor, FaceFinder
 
 def build_worker(settings: Settings, client, consumer: str | None = None) -> StreamWorker:
     keys = Keys(settings.prefix)
-    registry = registry_from(settings, client)
-
-    def current_preprocess() -> Preprocess:
-        return read_metadata(registry.current_dir()).preprocess
-
-    detector = make_detector(settings.detector)
-    finder = FaceFinder(detector, settings.detector, current_preprocess())
-    processor = DetectorProcessor(finder, keys, current_preprocess, settings.classifier.model_check_s)
+    registry = registry_from(settings, client, settings.classifier.model_role)  # crop for what classifiers serve
+    model_dir = registry.current_dir()
+    finder = FaceFinder(make_detector(settings.detector), settings.detector, read_metadata(model_dir).preprocess)
+    follower = ModelFollower(registry, lambda directory: read_metadata(directory).preprocess, serving=model_dir,
+                             every_s=settings.model_check_s, service="detector")
+    processor = DetectorProcessor(finder, keys, follower)
     return StreamWorker(client, processor, service="detector", stream=keys.frames, group=DETECTOR_GROUP,
                         keys=keys, settings=settings.worker, consumer=consumer)
+
+
+def check(settings: Settings) -> dict:
+    return {"backend": settings.detector.backend, "detect_width": settings.detector.detect_width}
 
 
 def run(settings: Settings) -> int:

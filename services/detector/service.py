@@ -5,7 +5,8 @@ turned so the eyes are level, cut as FER-2013 cut its faces) and publishes one F
 All tracking state is per camera (`FaceFinder.trackers`), so frames can later be sharded by camera
 across detector replicas without splitting a track.
 
-The faces stream is never trimmed by length: a face that reached it will get its event.
+A face that reached the faces stream will get its event: that stream is trimmed only once the
+classifiers have acknowledged it (see the table of streams in shared/streams.py).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import cv2
 import numpy as np
 
 from shared.faces import FaceDetector, IoUTracker
+from shared.model_follower import ModelFollower
 from shared.model_runtime import Preprocess, crop_face
+from shared.processor import Outbound, Processor
 from shared.schemas import FaceMessage, FrameMessage, MessageError, encode
 from shared.settings import DetectorSettings
 from shared.streams import Keys
-from shared.worker import Outbound
 
 log = logging.getLogger(__name__)
 
@@ -81,49 +83,32 @@ class FaceFinder:
         return DetectionResult(faces, empty, over)
 
 
-class DetectorProcessor:
+class DetectorProcessor(Processor[FrameMessage]):
     """Plugs FaceFinder into the worker loop; follows the current model's preprocessing."""
 
     input_model = FrameMessage
 
-    def __init__(self, finder: FaceFinder, keys: Keys, preprocess_source=None, check_every_s: float = 1.0) -> None:
+    def __init__(self, finder: FaceFinder, keys: Keys, follower: ModelFollower[Preprocess] | None = None) -> None:
         self.finder = finder
         self.keys = keys
-        self.preprocess_source = preprocess_source  # callable returning the current model's Preprocess
-        self.check_every_s = check_every_s
-        self._checked = time.monotonic()
-        self.no_face_frames = 0
-        self.faces_over_limit = 0
-        self._uncounted = {"frames_without_faces": 0, "faces_over_limit": 0}
+        self.follower = follower  # yields the current model's Preprocess when the model moved
 
     def _follow_model(self) -> None:
-        if self.preprocess_source is None or time.monotonic() - self._checked < self.check_every_s:
-            return
-        self._checked = time.monotonic()
-        try:
-            current = self.preprocess_source()
-        except Exception as exc:  # keep cropping with what we have; the classifier reports model problems
-            log.warning("event=preprocess_lookup_failed error=%r", exc)
-            return
-        if current != self.finder.preprocess:
+        current = self.follower.poll() if self.follower is not None else None
+        if current is not None and current != self.finder.preprocess:
             log.info("event=preprocess_changed old=%s new=%s", self.finder.preprocess.id, current.id)
             self.finder.preprocess = current
 
     def handle(self, batch: list[FrameMessage]) -> list[Outbound]:
         self._follow_model()
         result = self.finder.process(batch)
-        self.no_face_frames += result.frames_without_faces
-        self.faces_over_limit += result.faces_over_limit
-        self._uncounted["frames_without_faces"] += result.frames_without_faces
-        self._uncounted["faces_over_limit"] += result.faces_over_limit
+        self.counters.add("frames_without_faces", result.frames_without_faces)
+        self.counters.add("faces_over_limit", result.faces_over_limit)
         return [Outbound(self.keys.faces, encode(face)) for face in result.faces]
 
-    def take_counters(self) -> dict[str, int]:
-        """Counters the worker adds to the stats hash in the same transaction as the batch's acks."""
-        counters, self._uncounted = self._uncounted, dict.fromkeys(self._uncounted, 0)
-        return counters
-
     def heartbeat_info(self) -> dict:
-        return {"frames_without_faces": self.no_face_frames, "faces_over_limit": self.faces_over_limit,
-                "backend": self.finder.detector.name, "preprocess": self.finder.preprocess.id,
-                "framing": self.finder.detector.name in self.finder.preprocess.framing}
+        return {"frames_without_faces": self.counters["frames_without_faces"],
+                "faces_over_limit": self.counters["faces_over_limit"], "backend": self.finder.detector.name,
+                "preprocess": self.finder.preprocess.id,
+                "framing": self.finder.detector.name in self.finder.preprocess.framing,
+                **(self.follower.heartbeat_info() if self.follower is not None else {})}

@@ -1,12 +1,7 @@
-"""`python -m services.recorder`: the recorder with settings from the environment (same as `emotion recorder`)."""
-
-import sys
+"""`python -m services.recorder`: the recorder with settings from the environment (as `emotion recorder`)."""
 
 from services.recorder.run import run
-from shared.bootstrap import configure_logging
-from shared.settings import Settings
+from shared.bootstrap import service_main
 
 if __name__ == "__main__":
-    settings = Settings()
-    configure_logging(settings)
-    sys.exit(run(settings))
+    service_main("recorder", run)

@@ -13,11 +13,13 @@ import time
 import redis
 from sqlalchemy.engine import Engine
 
-from services.recorder.service import CROPS_GROUP, CropProcessor, RecorderProcessor, RetentionLoop
+from services.recorder.service import CropProcessor, RecorderProcessor, RetentionLoop
 from shared.bootstrap import redis_from
+from shared.errors import StartupError
 from shared.settings import Settings
-from shared.store import StoreUnavailable, is_unavailable, make_engine, migrate, redact_url
-from shared.streams import RECORDER_GROUP, Keys
+from shared.store import (StoreUnavailable, check_url, describe_db_error, is_unavailable, make_engine, migrate,
+                          redact_url)
+from shared.streams import CROPS_GROUP, RECORDER_GROUP, Keys
 from shared.worker import StreamWorker
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ def open_store(settings: Settings, wait_s: float = STORE_WAIT_S) -> Engine:
             if not is_unavailable(exc) or time.monotonic() >= deadline:
                 engine.dispose()
                 raise StoreUnavailable(f"cannot open the event store at {redact_url(settings.database_url)}: "
-                                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from None
+                                       f"{describe_db_error(exc)}") from None
             log.warning("event=store_down url=%s error=%r retry_in_s=%.1f", redact_url(settings.database_url),
                         exc, delay)
             time.sleep(delay)
@@ -67,8 +69,17 @@ def drop_crop_group(client: redis.Redis, keys: Keys) -> None:
         pass  # no stream yet
 
 
+def check(settings: Settings) -> dict:
+    check_url(settings.database_url)
+    return {"retention_days": settings.recorder.retention_days, "keep_crops": settings.recorder.keep_crops}
+
+
 def run(settings: Settings) -> int:
-    engine = open_store(settings)
+    check(settings)
+    try:
+        engine = open_store(settings)
+    except StoreUnavailable as exc:
+        raise StartupError(str(exc)) from None
     client = redis_from(settings)
     worker = build_worker(settings, client, engine)
     worker.install_signal_handlers()

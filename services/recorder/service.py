@@ -19,14 +19,12 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from shared.processor import Outbound, Processor, TransientError
 from shared.schemas import EmotionEvent, FaceMessage
-from shared.store import apply_retention, is_unavailable, record_crops, record_events, redact_url
-from shared.worker import Outbound, TransientError
+from shared.store import apply_retention, describe_db_error, is_unavailable, record_crops, record_events, redact_url
 
 log = logging.getLogger(__name__)
 
-# Consumer group of the opt-in crop recorder on the faces stream (next to the others in shared.streams).
-CROPS_GROUP = "recorder-crops"
 RETENTION_INTERVAL_S = 3600.0
 
 
@@ -36,43 +34,33 @@ def _store_call(what: str, engine: Engine, fn, *args):
         return fn(engine, *args)
     except sa.exc.SQLAlchemyError as exc:
         if is_unavailable(exc):
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
             raise TransientError(f"event store {redact_url(str(engine.url))} unavailable while {what}: "
-                                 f"{type(exc).__name__}: {reason}") from exc
+                                 f"{describe_db_error(exc)}") from exc
         raise
 
 
-class RecorderProcessor:
+class RecorderProcessor(Processor[EmotionEvent]):
     input_model = EmotionEvent
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.recorded = 0
-        self.duplicates = 0
-        self._pending = {"recorded": 0, "duplicates": 0}
 
     def handle(self, batch: list[EmotionEvent]) -> list[Outbound]:
         inserted = _store_call("recording events", self.engine, record_events, batch,
                                datetime.now(timezone.utc))
         duplicates = len(batch) - inserted
-        self.recorded += inserted
-        self.duplicates += duplicates
-        self._pending["recorded"] += inserted
-        self._pending["duplicates"] += duplicates
+        self.counters.add("recorded", inserted)
+        self.counters.add("duplicates", duplicates)
         if duplicates:
             log.info("event=duplicates_skipped count=%d batch=%d", duplicates, len(batch))
         return []
 
-    def take_counters(self) -> dict[str, int]:
-        """Counters the loop adds to the recorder's stats hash with the XACK (then reset here)."""
-        counters, self._pending = self._pending, {"recorded": 0, "duplicates": 0}
-        return counters
-
     def heartbeat_info(self) -> dict:
-        return {"recorded": self.recorded, "duplicates": self.duplicates, "store": redact_url(str(self.engine.url))}
+        return {"recorded": self.counters["recorded"], "duplicates": self.counters["duplicates"],
+                "store": redact_url(str(self.engine.url))}
 
 
-class CropProcessor:
+class CropProcessor(Processor[FaceMessage]):
     input_model = FaceMessage
 
     def __init__(self, engine: Engine) -> None:

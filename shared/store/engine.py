@@ -16,6 +16,8 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from shared.errors import StartupError
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -26,6 +28,16 @@ MIGRATION_LOCK_ID = 0x656D6F74  # "emot"
 
 class StoreUnavailable(RuntimeError):
     """The database did not answer (the message names the URL without its password)."""
+
+
+def check_url(url: str) -> None:
+    """Refuse, with one readable line, a URL that is malformed or names a backend we do not support."""
+    try:
+        backend = make_url(normalize_url(url)).get_backend_name()
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError for a malformed URL
+        raise StartupError(f"invalid database URL: {exc}") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise StartupError(f"the event store supports sqlite:/// and postgresql:// URLs, not {backend}")
 
 
 def normalize_url(url: str) -> str:

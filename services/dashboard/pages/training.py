@@ -36,34 +36,30 @@ def enqueue(ctx: DashboardContext, cfg: TrainConfig):
     return ctx.redis_call(lambda client: enqueue_training(client, cfg, ctx.settings))
 
 
-def _queue(client):
-    from trainer.jobs import training_queue
-
-    return training_queue(client)
-
-
-def listening_workers(client) -> int:
+def listening_workers(client, keys) -> int:
     from trainer.jobs import listening_workers as count
 
-    return count(client)
+    return count(client, keys)
 
 
-def workers_notice(workers: int, queued: int):
+def workers_notice(workers: int, queued: int, queue: str):
     """Whether anyone will run the queued jobs: without a worker a job stays queued forever."""
     if workers:
-        return html.P(f"{workers} worker(s) listening on queue 'training'.", id="train-workers",
+        return html.P(f"{workers} worker(s) listening on queue '{queue}'.", id="train-workers",
                       className="summary")
     waiting = f"; {queued} queued job(s) wait for one" if queued else ""
-    return html.Div(f"No worker is listening on queue 'training'{waiting}: start one with `emotion worker` "
+    return html.Div(f"No worker is listening on queue '{queue}'{waiting}: start one with `emotion worker` "
                     "(or `docker compose up worker`).", id="train-workers", className="banner banner-warning",
                     role="status")
 
 
-def list_jobs(client) -> list[dict]:
+def list_jobs(client, keys) -> list[dict]:
     """Jobs of the training queue, newest first, with their state and progress meta."""
     from rq.job import Job
 
-    queue = _queue(client)
+    from trainer.jobs import training_queue
+
+    queue = training_queue(client, keys)
     by_state = {"queued": queue.get_job_ids()[:MAX_JOBS_PER_STATE],
                 "started": queue.started_job_registry.get_job_ids()[:MAX_JOBS_PER_STATE],
                 "finished": queue.finished_job_registry.get_job_ids()[-MAX_JOBS_PER_STATE:],
@@ -211,10 +207,11 @@ def register(app, ctx: DashboardContext) -> None:
     def _refresh(_n, _m1, _m2):
         try:
             try:
-                jobs = ctx.redis_call(list_jobs)
-                workers = ctx.redis_call(listening_workers)
+                jobs = ctx.redis_call(lambda client: list_jobs(client, ctx.keys))
+                workers = ctx.redis_call(lambda client: listening_workers(client, ctx.keys))
                 jobs_view = _jobs_table(jobs, workers)
-                worker_state = workers_notice(workers, sum(1 for j in jobs if j["state"] == "queued"))
+                worker_state = workers_notice(workers, sum(1 for j in jobs if j["state"] == "queued"),
+                                              ctx.keys.training_queue)
             except ImportError as exc:
                 jobs_view = ui.banner(f"the trainer is not installed ({exc})", "warning")
                 worker_state = None
