@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Redis on a flushed database, settings pointing at it, paths to ../shared data.
+"""Shared fixtures (a real Redis on a flushed database, settings pointing at it, paths to ../shared data)
+and the message builders more than one test module uses.
 
 TEST_REDIS_URL picks the database (default db 15), so parallel runs can use different databases.
 """
@@ -6,11 +7,14 @@ TEST_REDIS_URL picks the database (default db 15), so parallel runs can use diff
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
+from shared.schemas import BBox, FaceMessage, encode
 from shared.settings import Settings
 from shared.streams import Keys
 
@@ -73,3 +77,22 @@ def pipeline_settings(settings, model_dir) -> Settings:
         "default_model_dir": model_dir,
         "worker": settings.worker.model_copy(update={"block_ms": 50, "claim_idle_ms": 500, "claim_interval_s": 0.2}),
     })
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+def make_faces(n: int, camera: str = "cam0", session: str = "s1", side: int = 48, seed: int = 0) -> list[FaceMessage]:
+    rng = np.random.default_rng(seed)
+    now = int(time.time() * 1000)
+    return [FaceMessage(camera_id=camera, session_id=session, frame_id=i, face_index=0, faces_in_frame=1,
+                        track_id=i % 5, bbox=BBox(x=10, y=10, w=60, h=60), side=side, preprocess="g48-raw-m0.00",
+                        captured_ms=now + i, detected_ms=now + i + 1,
+                        crop=rng.integers(0, 256, side * side, dtype=np.uint8).tobytes())
+            for i in range(n)]
+
+
+def fill_faces(client: redis.Redis, stream: str, faces: list[FaceMessage]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for face in faces:
+        pipe.xadd(stream, encode(face))
+    pipe.execute()

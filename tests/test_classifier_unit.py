@@ -83,3 +83,19 @@ def test_flip_tta_serves_the_mean_of_a_face_and_its_mirror_image(model_dir, sett
     assert processor.flip_tta
     inference = processor.prepare([face])
     np.testing.assert_allclose(inference.probabilities, (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_a_face_cropped_for_another_model_is_classified_and_counted(model_dir):
+    """The preprocess id names how a crop was made; a face from the previous model's preprocessing
+    (a promotion reaches the detector a moment before or after the classifier) is still classified."""
+    from services.classifier.service import ClassifierProcessor, MemoryTrackStore
+    from shared.model_runtime import EmotionModel
+    from shared.streams import Keys
+
+    model = EmotionModel(model_dir)
+    processor = ClassifierProcessor(model, Keys("t"), MemoryTrackStore(), tau_ms=600)
+    same = make_face(frame_id=1, preprocess=model.preprocess.id)
+    other = make_face(frame_id=2, preprocess="g48-0000other")
+    assert len(processor.handle([same, other])) == 2
+    assert processor.counters.take() == {"preprocess_mismatch": 1}
+    assert processor.heartbeat_info()["preprocess_mismatch"] == 1

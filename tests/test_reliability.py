@@ -17,12 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 
-from shared.schemas import BBox, EmotionEvent, FaceMessage, FrameMessage, decode, encode
+from shared.schemas import EmotionEvent, FaceMessage, FrameMessage, decode, encode
+from shared.stream_state import group_state
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys, StreamTable
+from tests.conftest import fill_faces, make_faces
 from tests.proc_utils import (RedisServer, TcpProxy, copy_model, emotion_proc, find_model_dir, service_env,
                               stop_all, wait_for)
 
@@ -31,23 +32,6 @@ pytestmark = pytest.mark.skipif(find_model_dir() is None,
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-def make_faces(n: int, camera: str = "cam0", session: str = "s1", side: int = 48, seed: int = 0) -> list[FaceMessage]:
-    rng = np.random.default_rng(seed)
-    now = int(time.time() * 1000)
-    return [FaceMessage(camera_id=camera, session_id=session, frame_id=i, face_index=0, faces_in_frame=1,
-                        track_id=i % 5, bbox=BBox(x=10, y=10, w=60, h=60), side=side, preprocess="g48-raw-m0.00",
-                        captured_ms=now + i, detected_ms=now + i + 1,
-                        crop=rng.integers(0, 256, side * side, dtype=np.uint8).tobytes())
-            for i in range(n)]
-
-
-def fill_faces(client: redis.Redis, stream: str, faces: list[FaceMessage]) -> None:
-    pipe = client.pipeline(transaction=False)
-    for face in faces:
-        pipe.xadd(stream, encode(face))
-    pipe.execute()
-
 
 def demo_frames(n: int, camera: str = "cam0", session: str = "s1") -> list[FrameMessage]:
     from services.capture.capture import encode_frame
@@ -74,14 +58,8 @@ def event_ids(client: redis.Redis, stream: str) -> list[str]:
 
 
 def group_done(client: redis.Redis, stream: str, group: str) -> bool:
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return False
-    for info in groups:
-        if info["name"].decode() == group:
-            return info["pending"] == 0 and info.get("lag") == 0
-    return False
+    state = group_state(client, stream, group)
+    return state.exists and state.backlog == 0
 
 
 @pytest.fixture
