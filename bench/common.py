@@ -214,6 +214,41 @@ def xadd_all(client: redis.Redis, stream: str, entries: list[dict[str, bytes]], 
         pipe.execute()
 
 
+# --- soak runs --------------------------------------------------------------------------------------
+
+def add_soak_arguments(parser, redis_env: str | None = None) -> None:
+    """--redis-url, --workdir and --json, as every soak script takes them."""
+    parser.add_argument("--redis-url", default=os.environ.get(redis_env) if redis_env else None,
+                        help="an existing Redis (default: a private redis-server started for the run)")
+    parser.add_argument("--workdir", type=Path, default=None, help="logs, registry and SQLite file (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+
+
+def soak_setup(args, name: str) -> tuple[Path, Path, str, object | None] | None:
+    """(model, work folder, Redis URL, the private redis-server or None) for a soak, or None without a model.
+
+    The private server (no AOF: a soak measures the pipeline, not the disk) is stopped at exit too.
+    """
+    import atexit
+    import tempfile
+
+    from tests.proc_utils import RedisServer, find_model_dir
+
+    model = find_model_dir()
+    if model is None:
+        print(f"{name}: no exported model (models/default or /tmp/model-tmp)", file=sys.stderr)
+        return None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"emotion-{name}-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = None
+    url = args.redis_url
+    if not url:
+        server = RedisServer(workdir / "redis", appendonly=False).start()
+        atexit.register(server.stop)  # even when the run fails
+        url = server.url
+    return model, workdir, url, server
+
+
 # --- output -----------------------------------------------------------------------------------------
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:

@@ -3,8 +3,8 @@ restarted every --kill-every seconds; reports memory growth, lost events and dup
 
     python bench/soak.py --minutes 10 --cameras 2 --kill-every 120
 
-Every face published on the faces stream is collected by tailing the stream (it is trimmed a minute
-after classification), every event by tailing the events stream; after the cameras stop, the groups
+Every face published on the faces stream is collected by tailing the stream (it is trimmed a few seconds
+after classification), every event by tailing the events stream (trimmed once recorded and a minute old); after the cameras stop, the groups
 are drained and: lost = faces without an event, duplicates = events beyond one per face (both must be 0).
 Exit code 0 when both are 0.
 """
@@ -12,13 +12,10 @@ Exit code 0 when both are 0.
 from __future__ import annotations
 
 import argparse
-import atexit
 import collections
 import importlib.util
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -30,8 +27,10 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from shared.schemas import EmotionEvent, FaceMessage, MessageError, decode  # noqa: E402
+from shared.stream_state import group_state  # noqa: E402
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys  # noqa: E402
-from tests.proc_utils import Proc, RedisServer, emotion_proc, find_model_dir, service_env, stop_all  # noqa: E402
+from bench.common import add_soak_arguments, soak_setup  # noqa: E402
+from tests.proc_utils import Proc, emotion_proc, service_env, stop_all  # noqa: E402
 
 
 class Tail(threading.Thread):
@@ -72,17 +71,6 @@ class Tail(threading.Thread):
             pass
 
 
-def backlog(client: redis.Redis, stream: str, group: str) -> int:
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return 0
-    for info in groups:
-        if info["name"].decode() == group:
-            return int(info.get("lag") or 0) + int(info["pending"])
-    return client.xlen(stream)
-
-
 def event_fields(fields):
     event = decode(EmotionEvent, fields)
     return event.event_id, event.times.classified_ms - event.times.captured_ms
@@ -95,26 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifiers", type=int, default=3)
     parser.add_argument("--kill-every", type=float, default=120.0, help="seconds between kill -9 of a classifier")
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second per demo camera")
-    parser.add_argument("--redis-url", default=os.environ.get("SOAK_REDIS_URL"),
-                        help="an existing Redis (default: a private redis-server started for the run)")
-    parser.add_argument("--workdir", type=Path, default=None, help="logs, registry and SQLite file (default: a temp dir)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    add_soak_arguments(parser, redis_env="SOAK_REDIS_URL")
     parser.add_argument("--keep-keys", action="store_true", help="leave the run's Redis keys in place")
     args = parser.parse_args(argv)
 
-    model = find_model_dir()
-    if model is None:
-        print("soak: no exported model (models/default or /tmp/model-tmp)", file=sys.stderr)
+    setup = soak_setup(args, "soak")
+    if setup is None:
         return 2
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="emotion-soak-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    model, workdir, args.redis_url, server = setup
     prefix = f"soak{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix)
-    server = None
-    if not args.redis_url:
-        server = RedisServer(workdir / "redis", appendonly=False).start()
-        atexit.register(server.stop)  # even when the run fails
-        args.redis_url = server.url
     client = redis.Redis.from_url(args.redis_url)
     client.ping()
     recorder = importlib.util.find_spec("services.recorder.run") is not None
@@ -180,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             if not needed:
                 continue
             deadline = time.monotonic() + 180
-            while backlog(client, stream, group) and time.monotonic() < deadline:
+            while group_state(client, stream, group).backlog and time.monotonic() < deadline:
                 time.sleep(0.5)
-            drained[group] = backlog(client, stream, group) == 0
+            drained[group] = group_state(client, stream, group).backlog == 0
         report["drain_s"] = round(time.monotonic() - drain_started, 1)
         report["drained"] = drained
     finally:

@@ -14,7 +14,7 @@ import pytest
 
 from shared.retention import apply_retention, first_needed
 from shared.schemas import EmotionEvent, decode, encode
-from shared.streams import (CLASSIFIER_GROUP, CROPS_GROUP, EVENTS_RETENTION, LIVE_WINDOW_MS, RECORDER_GROUP, Keys,
+from shared.streams import (CLASSIFIER_GROUP, CROPS_GROUP, EVENTS_RETENTION, LIVE_WINDOW_MS, RECORDER_GROUP,
                             Retention, StreamTable)
 from tests.conftest import fill_faces, make_faces
 from tests.proc_utils import copy_model, emotion_proc, service_env, stop_all, wait_for
