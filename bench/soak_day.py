@@ -89,8 +89,9 @@ def sample(client: redis.Redis, keys: Keys, started: float, producer: Producer) 
 
 def flatness(samples: list[dict], warmup_s: float, outage: dict) -> dict:
     """Memory once warmed up, without the outage and the live window after it (the events held for
-    the recorder go once it is back, and the window takes that long to fill again): its range, and a
-    least-squares slope (MB per hour of run, and per day of events)."""
+    the recorder go once it is back, and the window takes that long to fill again): its range, the
+    drift between the first and last thirds, and a least-squares slope (MB per hour of run, and per
+    day of events; only meaningful over many minutes)."""
     settle_s = LIVE_WINDOW_MS / 1000 + 10
     after = [s for s in samples if s["t_s"] >= warmup_s and not (
         outage and outage["killed_s"] <= s["t_s"] < outage.get("restarted_s", float("inf")) + settle_s)]
@@ -101,8 +102,11 @@ def flatness(samples: list[dict], warmup_s: float, outage: dict) -> dict:
     slope = float(np.polyfit(t, mb, 1)[0])
     produced = after[-1]["produced"] - after[0]["produced"]
     per_day = float(slope * (t[-1] - t[0]) * DAY_EVENTS / produced) if produced else None
+    third = max(1, len(mb) // 3)
     return {"samples_after_warmup": len(after), "min_mb": float(mb.min()), "max_mb": float(mb.max()),
-            "first_mb": float(mb[0]), "last_mb": float(mb[-1]), "slope_mb_per_hour": round(slope * 3600, 2),
+            "first_mb": float(mb[0]), "last_mb": float(mb[-1]),
+            "drift_mb": round(float(mb[-third:].mean() - mb[:third].mean()), 2),  # last third vs first third
+            "slope_mb_per_hour": round(slope * 3600, 2),
             "slope_mb_per_day_of_events": None if per_day is None else round(per_day, 2)}
 
 

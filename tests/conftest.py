@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from shared.schemas import BBox, FaceMessage, encode
+from shared.schemas import BBox, FaceMessage, FrameMessage, encode
 from shared.settings import Settings
 from shared.streams import Keys
 
@@ -29,17 +29,22 @@ def redis_url() -> str:
     return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-@pytest.fixture
-def redis_client(redis_url):
-    client = redis.Redis.from_url(redis_url)
+def flushed_redis(url: str):
+    """A client of a real Redis database, flushed before and after the test (yield from it in a fixture)."""
+    client = redis.Redis.from_url(url)
     try:
         client.ping()
     except redis.ConnectionError as exc:
-        pytest.fail(f"tests need a real Redis at {redis_url} (.ci/run starts one): {exc}")
+        pytest.fail(f"tests need a real Redis at {url} (.ci/run starts one): {exc}")
     client.flushdb()
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    yield from flushed_redis(redis_url)
 
 
 @pytest.fixture
@@ -96,3 +101,17 @@ def fill_faces(client: redis.Redis, stream: str, faces: list[FaceMessage]) -> No
     for face in faces:
         pipe.xadd(stream, encode(face))
     pipe.execute()
+
+
+def demo_frames(n: int, camera: str = "cam0", session: str = "s1") -> list[FrameMessage]:
+    from services.capture.capture import encode_frame
+    from services.capture.demo import AstronautDemo
+    from shared.settings import CaptureSettings
+
+    demo, capture = AstronautDemo(fps=15), CaptureSettings(jpeg_quality=80)
+    frames = []
+    for i in range(n):
+        jpeg, width, height = encode_frame(demo.frame(), capture)
+        frames.append(FrameMessage(camera_id=camera, session_id=session, frame_id=i,
+                                   captured_ms=int(time.time() * 1000), width=width, height=height, jpeg=jpeg))
+    return frames

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import redis
+
+from tests.conftest import flushed_redis
+from tests.proc_utils import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -320,23 +321,9 @@ def test_every_emotion_command_is_a_valid_invocation(full_model, tmp_path):
 
 # --- 3. the topology as local processes ----------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def compose_redis():
-    client = redis.Redis.from_url(COMPOSE_REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"this test needs a real Redis at {COMPOSE_REDIS_URL} (.ci/run starts one): {exc}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(COMPOSE_REDIS_URL)
 
 
 @pytest.fixture

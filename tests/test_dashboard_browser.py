@@ -4,8 +4,6 @@ against the test Redis and a temporary SQLite store. Screenshots go to test-arti
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +18,7 @@ import requests
 
 from shared.schemas import encode
 from shared.streams import Keys, StreamTable
+from tests.proc_utils import free_port, wait_for
 from tests.test_dashboard_support import emotion_event, face_png, frame_message, served_model_dir  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -30,12 +29,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 PREFIX = "dashtest"
 PAGES = ("/live", "/history", "/sessions", "/analyze", "/training", "/health")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def dashboard(tmp_path_factory, served_model_dir, redis_url_module, dashboard_da
         migrate(database_url)
     except ImportError:
         pass  # the history store is optional for these tests: its pages then show an error banner
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "EMOTION_REDIS_URL": redis_url_module, "EMOTION_PREFIX": PREFIX,
            "EMOTION_DATABASE_URL": database_url, "EMOTION_DEFAULT_MODEL_DIR": str(served_model_dir),
            "EMOTION_REGISTRY_DIR": str(work / "registry"), "EMOTION_LOG_LEVEL": "INFO"}
@@ -70,17 +63,20 @@ def dashboard(tmp_path_factory, served_model_dir, redis_url_module, dashboard_da
         proc = subprocess.Popen([sys.executable, "-m", "emotion", "dashboard", "--port", str(port)], env=env,
                                 stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the dashboard exited with code {proc.returncode}")
         try:
-            if requests.get(base + "/healthz", timeout=1).ok:
-                break
+            return requests.get(base + "/healthz", timeout=1).ok
         except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"dashboard did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.3)
+            return False
+
+    try:
+        wait_for(healthy, 60, interval=0.3, what="the dashboard's /healthz")
+    except (TimeoutError, RuntimeError):
+        proc.kill()
+        pytest.fail(f"dashboard did not start:\n{log_path.read_text()[-3000:]}")
     yield base
     proc.terminate()
     try:
@@ -403,16 +399,3 @@ def test_sessions_and_history_pages_draw_a_recorded_session(dashboard, browser, 
     time.sleep(3)
     _shot(browser, "history")
     assert not _severe(browser)
-
-
-def test_copy_screenshots_for_docs():
-    """Keeps docs/screenshots/ in step with the latest passing browser run (only when asked)."""
-    if not os.environ.get("UPDATE_SCREENSHOTS"):
-        pytest.skip("set UPDATE_SCREENSHOTS=1 to copy test-artifacts screenshots into docs/screenshots")
-    target = REPO_ROOT / "docs" / "screenshots"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("live-with-events", "health-live", "analyze-astronaut", "training-queued", "page-history",
-                 "sessions-empty", "sessions-report", "history"):
-        source = ARTIFACTS / f"{name}.png"
-        if source.exists():
-            shutil.copy(source, target / f"dashboard-{name}.png")

@@ -116,7 +116,9 @@ def test_entries_of_a_dead_consumer_are_reclaimed(redis_client, pipeline_setting
     redis_client.xgroup_create(keys.faces, CLASSIFIER_GROUP, id="0")
     taken = redis_client.xreadgroup(CLASSIFIER_GROUP, "crashed-replica", {keys.faces: ">"}, count=5)
     assert len(taken[0][1]) == 5
-    time.sleep(0.6)  # longer than claim_idle_ms
+    # Age them past claim_idle_ms without waiting (IDLE sets the idle time; JUSTID counts no delivery).
+    redis_client.xclaim(keys.faces, CLASSIFIER_GROUP, "crashed-replica", min_idle_time=0,
+                        message_ids=[entry_id for entry_id, _ in taken[0][1]], idle=60_000, justid=True)
     worker = build_classifier(pipeline_settings, redis_client)
     worker.run(burst=True)
     assert worker.stats.reclaimed == 5

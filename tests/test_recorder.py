@@ -20,7 +20,7 @@ from shared.streams import CROPS_GROUP
 from shared.schemas import encode
 from shared.store import make_engine
 from shared.streams import RECORDER_GROUP
-from tests.proc_utils import TcpProxy
+from tests.proc_utils import TcpProxy, wait_for
 from tests.test_store_support import PG_URL, make_event, store, store_url  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,10 +111,7 @@ def test_database_cut_mid_stream_loses_nothing(redis_client, settings, keys, sto
         outage.down()
         thread = threading.Thread(target=worker.run, kwargs={"burst": True}, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 30
-        while worker.stats.transient_errors < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert worker.stats.transient_errors >= 3, "the outage was never felt by the recorder"
+        wait_for(lambda: worker.stats.transient_errors >= 3, 30, interval=0.05, what="the recorder to feel the outage")
         assert _pending(redis_client, keys) > 0  # the failed batch stays pending, unacknowledged
         outage.up()
         thread.join(timeout=60)
@@ -148,12 +145,11 @@ def test_recorder_command_records_and_stops_on_sigterm(redis_client, redis_url, 
     proc = subprocess.Popen([sys.executable, "-m", "emotion", "recorder", "--database-url", url,
                              "--retention-days", "3650"], env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if int(redis_client.hget(keys.stats("recorder"), "recorded") or 0) >= 60:
-                break
+        def recorded() -> bool:
             assert proc.poll() is None, (tmp_path / "recorder.log").read_text()
-            time.sleep(0.2)
+            return int(redis_client.hget(keys.stats("recorder"), "recorded") or 0) >= 60
+
+        wait_for(recorded, 60, interval=0.2, what="60 events recorded")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
@@ -186,9 +182,7 @@ def test_keep_crops_stores_face_crops_and_retention_removes_them(redis_client, s
     stop = threading.Event()
     loop = RetentionLoop(store, None, 7, stop, interval_s=60)
     loop.start()
-    deadline = time.monotonic() + 10
-    while loop.runs == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: loop.runs, 10, interval=0.05, what="a retention round")
     stop.set()
     loop.join(5)
     assert loop.last_report["crops"] == 4
@@ -209,9 +203,8 @@ def test_long_outage_outlasting_max_deliveries_loses_nothing(redis_client, setti
         outage.down()
         thread = threading.Thread(target=worker.run, kwargs={"burst": True}, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 30
-        while worker.stats.transient_errors < 6 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: worker.stats.transient_errors >= 6, 30, interval=0.05,
+                 what="more failed attempts than max_deliveries")
         outage.up()
         thread.join(timeout=60)
         assert redis_client.xlen(keys.dead(keys.events)) == 0

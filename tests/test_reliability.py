@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.schemas import EmotionEvent, FaceMessage, FrameMessage, decode, encode
+from shared.schemas import EmotionEvent, FaceMessage, decode, encode
 from shared.stream_state import group_state
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys, StreamTable
-from tests.conftest import fill_faces, make_faces
+from tests.conftest import demo_frames, fill_faces, make_faces
 from tests.proc_utils import (RedisServer, TcpProxy, copy_model, emotion_proc, find_model_dir, service_env,
                               stop_all, wait_for)
 
@@ -32,20 +32,6 @@ pytestmark = pytest.mark.skipif(find_model_dir() is None,
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-def demo_frames(n: int, camera: str = "cam0", session: str = "s1") -> list[FrameMessage]:
-    from services.capture.capture import encode_frame
-    from services.capture.demo import AstronautDemo
-    from shared.settings import CaptureSettings
-
-    demo, capture = AstronautDemo(fps=15), CaptureSettings(jpeg_quality=80)
-    frames = []
-    for i in range(n):
-        jpeg, width, height = encode_frame(demo.frame(), capture)
-        frames.append(FrameMessage(camera_id=camera, session_id=session, frame_id=i,
-                                   captured_ms=int(time.time() * 1000), width=width, height=height, jpeg=jpeg))
-    return frames
-
 
 def event_ids(client: redis.Redis, stream: str) -> list[str]:
     ids, start = [], "-"
