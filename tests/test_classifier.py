@@ -1,4 +1,4 @@
-"""Classifier pure parts: event building, per-track smoothing, crop sizing."""
+"""The classifier service: event building, per-track smoothing, crop sizing, flip TTA, preprocess ids."""
 
 import numpy as np
 import pytest
