@@ -272,7 +272,7 @@ def test_api_analyze_over_http(dashboard, face_png, served_model_dir):  # noqa: 
 
 
 def test_training_page_enqueues_a_job(dashboard, browser, redis_url_module, tmp_path):
-    """Submitting the form puts a validated job on the RQ queue 'training' and lists it as queued."""
+    """Submitting the form puts a validated job on the RQ queue '<prefix>:training' and lists it as queued."""
     from rq import Queue
     from rq.serializers import JSONSerializer
     from selenium.webdriver.common.by import By
@@ -290,7 +290,7 @@ def test_training_page_enqueues_a_job(dashboard, browser, redis_url_module, tmp_
     assert job_id in queue.job_ids
     _wait(browser, lambda d: job_id[:12] in d.find_element(By.ID, "train-jobs").text, what="the job in the table")
     assert "queued (no worker)" in browser.find_element(By.ID, "train-jobs").text
-    assert "No worker is listening on queue 'training'" in browser.find_element(By.ID, "train-workers").text
+    assert f"No worker is listening on queue '{Keys(PREFIX).training_queue}'" in browser.find_element(By.ID, "train-workers").text
     _shot(browser, "training-queued")
     queue.empty()
     assert not _severe(browser)

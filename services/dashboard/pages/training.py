@@ -1,6 +1,6 @@
 """Training: enqueue a training job, follow RQ jobs live, and manage model versions (promote, rollback).
 
-Jobs run on the RQ queue `training` (served by `emotion worker`); this page only enqueues and reads,
+Jobs run on the RQ queue `<prefix>:training` (served by `emotion worker`); this page only enqueues and reads,
 so it never imports TensorFlow. Progress comes from each job's meta (stage, epoch, epochs, metrics, eta_s).
 """
 
@@ -145,8 +145,8 @@ def _versions_table(versions, served) -> html.Div:
 
 def layout(ctx: DashboardContext, query: dict) -> html.Div:
     return html.Div([
-        ui.page_header("Training", "Train on the RQ queue 'training' (run `emotion worker` to serve it) and "
-                                   "manage model versions."),
+        ui.page_header("Training", f"Train on the RQ queue '{ctx.keys.training_queue}' (run `emotion worker` to "
+                                   "serve it) and manage model versions."),
         html.Div(id="train-banner"),
         html.Div(id="train-worker-state"),
         html.Div(className="grid-2", children=[
