@@ -137,7 +137,9 @@ def session_events(client: redis.Redis, keys: Keys, session_id: str, since_ms: i
         start = "(" + entries[-1][0].decode()
 
 
-def count_recorded(database_url: str, session_id: str) -> int | None:
+def recorded_latencies(database_url: str, session_id: str) -> list[int] | None:
+    """Capture-to-classification latency (ms) of every stored event of the session; None when the
+    store cannot be read. The events stream keeps only the live window, the store keeps them all."""
     import sqlalchemy as sa
 
     from shared.store import make_engine
@@ -146,12 +148,12 @@ def count_recorded(database_url: str, session_id: str) -> int | None:
         engine = make_engine(database_url)
         try:
             with engine.connect() as conn:
-                return int(conn.execute(sa.text("SELECT COUNT(*) FROM events WHERE session_id = :s"),
-                                        {"s": session_id}).scalar())
+                return [int(v) for v in conn.execute(sa.text("SELECT total_ms FROM events WHERE session_id = :s"),
+                                                     {"s": session_id}).scalars()]
         finally:
             engine.dispose()
     except Exception as exc:  # noqa: BLE001 - the summary must still print
-        log.error("cannot count recorded events: %s", exc)
+        log.error("cannot read recorded events: %s", exc)
         return None
 
 
@@ -298,7 +300,11 @@ def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str
     summary = _summary(client, keys, before, session_id, started_ms, redis_url, drained, stopped_by, errors)
     if options.recorder:
         _session_marker(settings.database_url, session_id, cameras, opening=False)
-        summary["recorded"] = count_recorded(settings.database_url, session_id)
+        latencies = recorded_latencies(settings.database_url, session_id)
+        summary["recorded"] = None if latencies is None else len(latencies)
+        if latencies:  # every event of the run, not only the stream's live window
+            summary["latency_ms_p50"] = float(np.percentile(latencies, 50))
+            summary["latency_ms_p95"] = float(np.percentile(latencies, 95))
     if keep_dashboard:
         try:
             _show_report(supervisor, url, session_id, stops)
