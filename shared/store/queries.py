@@ -1,4 +1,4 @@
-"""Read side of the event store: every query the dashboard and `emotion export` run.
+"""Read side of the event store: every query the dashboard, its JSON API and `emotion export` run.
 
 All functions take an Engine and UTC datetimes (naive ones are read as UTC) and return pandas
 DataFrames whose datetime columns are timezone-aware UTC. Ranges are half-open: [start, end).
@@ -161,10 +161,37 @@ def events_frame(engine: Engine, start: datetime, end: datetime, camera_id: str 
     return _utc_columns(frame, "time", "recorded")
 
 
-def _events_query(start: datetime, end: datetime, camera_id: str | None):
-    query = sa.select(*(events.c[c] for c in EVENT_COLUMNS)).where(events.c.time >= start, events.c.time < end)
-    if camera_id is not None:
-        query = query.where(events.c.camera_id == camera_id)
+def events_page(engine: Engine, start: datetime, end: datetime, *, camera_id: str | None = None,
+                session_id: str | None = None, label: str | None = None, after: tuple[datetime, int] | None = None,
+                limit: int = 100) -> pd.DataFrame:
+    """One page of keyset pagination: at most `limit` raw events in [start, end) that come after the
+    position `after` = (time, id) in (time, id) order, oldest first, with their `id` column.
+
+    The next page starts after the last row's (time, id), so pages never skip nor repeat a row however
+    many events arrive meanwhile, and a deep page costs an index seek, not an OFFSET scan.
+    """
+    start, end = _range(start, end)
+    query = _events_query(start, end, camera_id, session_id=session_id, label=label, with_id=True)
+    if after is not None:
+        after_time, after_id = to_utc(after[0]), int(after[1])
+        # The plain bound lets the planner use ix_events_time; the row comparison breaks ties on id.
+        query = query.where(events.c.time >= after_time,
+                            sa.tuple_(events.c.time, events.c.id) > sa.tuple_(sa.literal(after_time, events.c.time.type),
+                                                                               sa.literal(after_id, events.c.id.type)))
+    with engine.connect() as conn:
+        frame = _frame(conn, query.limit(limit))
+    if frame.empty:
+        frame = pd.DataFrame(columns=["id", *EVENT_COLUMNS])
+    return _utc_columns(frame, "time", "recorded")
+
+
+def _events_query(start: datetime, end: datetime, camera_id: str | None, *, session_id: str | None = None,
+                  label: str | None = None, with_id: bool = False):
+    columns = (["id"] if with_id else []) + EVENT_COLUMNS
+    query = sa.select(*(events.c[c] for c in columns)).where(events.c.time >= start, events.c.time < end)
+    for column, value in (("camera_id", camera_id), ("session_id", session_id), ("label", label)):
+        if value is not None:
+            query = query.where(events.c[column] == value)
     return query.order_by(events.c.time, events.c.id)
 
 
