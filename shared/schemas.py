@@ -19,6 +19,8 @@ from shared.emotions import EMOTIONS, NUM_EMOTIONS
 SCHEMA_VERSION = 1
 MAX_JPEG_BYTES = 8 * 1024 * 1024
 MAX_CROP_SIDE = 256
+# Capture names cameras with this; the dashboard's API accepts the same names as filters.
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 
 
 class MessageError(ValueError):
@@ -62,7 +64,7 @@ class FrameMessage(_Message):
     """One captured frame, JPEG-encoded."""
 
     binary_field: ClassVar[str | None] = "jpeg"
-    camera_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    camera_id: str = Field(min_length=1, max_length=64, pattern=CAMERA_ID_PATTERN)
     session_id: str = Field(min_length=1, max_length=64)
     frame_id: int = Field(ge=0)
     captured_ms: int = Field(gt=0)

@@ -105,6 +105,13 @@ class DashboardSettings(_Section):
                                                "(DNS rebinding); extra names to accept, comma-separated")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(40_000_000, ge=1024)
+    # The live feed (GET /api/v1/events/stream) holds a server thread while it is open: bound its length and
+    # how many run at once, so feeds can never take every thread the pages need (waitress serves 8).
+    stream_max_s: float = Field(300.0, gt=0, le=3600, description="a live-feed response ends after this long; "
+                                                                  "clients reconnect with Last-Event-ID")
+    stream_heartbeat_s: float = Field(15.0, gt=0, le=300, description="comment line sent on an idle live feed (also "
+                                                                      "how soon a gone client is noticed)")
+    max_streams: int = Field(4, ge=1, le=64, description="live feeds open at once; more are answered 503")
 
     @field_validator("auth_token")
     @classmethod

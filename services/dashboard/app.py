@@ -17,7 +17,7 @@ from dash import Input, Output, dcc, html
 from flask import jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from services.dashboard import auth
+from services.dashboard import api, auth
 from services.dashboard.context import DashboardContext, SourceUnavailable
 from services.dashboard.pages import PAGES
 from shared.settings import Settings
@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> dash.Dash:
     app.server.json.sort_keys = False  # keep probabilities in FER order
     auth.install(app.server, settings.dashboard.auth_token, settings.dashboard.allowed_hosts)
     _install_api(app, ctx)
+    api.install(app.server, ctx)  # /api/v1/*: the JSON API, its live feed and OpenAPI document
 
     nav = [dcc.Link(page.TITLE, href=page.PATH, id=f"nav-{page.NAME}", className="nav-link") for page in PAGES]
     app.layout = html.Div(className="shell", children=[

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -44,6 +45,8 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline
                            "frame-ancestors 'none'")
 SECURITY_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": CONTENT_SECURITY_POLICY,
                     "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+REQUIRED = ("authentication required: send Authorization: Bearer <token>, ?token=<token>, or basic auth "
+            "with the token as password")
 
 
 class AuthConfigError(ValueError):
@@ -142,6 +145,13 @@ def host_allowed(host_header: str, extra: set[str]) -> bool:
     return name in LOCAL_HOSTS or name in extra
 
 
+def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A refused request: JSON under /api/ (like every other API answer), plain text elsewhere."""
+    if request.path.startswith("/api/"):
+        return Response(json.dumps({"error": message}), status=status, mimetype="application/json", headers=headers)
+    return Response(message + "\n", status=status, mimetype="text/plain", headers=headers)
+
+
 def install(server: Flask, token: str | None, allowed_hosts: str = "") -> None:
     """Guard every route of `server` (pages, Dash callbacks, assets, the API)."""
     extra = {name.strip().lower() for name in allowed_hosts.split(",") if name.strip()}
@@ -153,13 +163,11 @@ def install(server: Flask, token: str | None, allowed_hosts: str = "") -> None:
         if token is None:
             if host_allowed(request.host, extra):
                 return None
-            return Response("unexpected Host header: without a token the dashboard answers only for localhost "
-                            "(add names to EMOTION_DASHBOARD__ALLOWED_HOSTS)\n", status=400, mimetype="text/plain")
+            return _refusal(400, "unexpected Host header: without a token the dashboard answers only for localhost "
+                                 "(add names to EMOTION_DASHBOARD__ALLOWED_HOSTS)")
         if is_authorized(token):
             return None
-        return Response("authentication required: send Authorization: Bearer <token>, ?token=<token>, "
-                        "or basic auth with the token as password\n", status=401, mimetype="text/plain",
-                        headers={"WWW-Authenticate": 'Basic realm="emotion dashboard"'})
+        return _refusal(401, REQUIRED, {"WWW-Authenticate": 'Basic realm="emotion dashboard"'})
 
     @server.after_request
     def _finish(response):

@@ -217,6 +217,21 @@ def pipeline_snapshot(client: redis.Redis, keys: Keys) -> dict:
             "heartbeats": beats}
 
 
+@dataclass(frozen=True)
+class LatencySummary:
+    """Capture-to-event latency of the events classified in the last `window_ms`."""
+
+    events: int
+    p50_ms: float | None
+    p95_ms: float | None
+    window_ms: int
+
+
+def latency_summary(events: list[LiveEvent], now_ms: int, window_ms: int = 60_000) -> LatencySummary:
+    latencies = [e.event.latency_ms for e in events if e.event.times.classified_ms >= now_ms - window_ms]
+    return LatencySummary(len(latencies), percentile(latencies, 50), percentile(latencies, 95), window_ms)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None

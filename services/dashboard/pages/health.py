@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from services.dashboard import ui
 from services.dashboard.charts import base_layout, empty_figure
 from services.dashboard.context import DashboardContext, SourceUnavailable
-from services.dashboard.live import STAGES, percentile, pipeline_snapshot
+from services.dashboard.live import STAGES, latency_summary, pipeline_snapshot
 
 NAME = "health"
 PATH = "/health"
@@ -121,12 +121,11 @@ def register(app, ctx: DashboardContext) -> None:
         replicas: dict[str, int] = defaultdict(int)
         for beat in snapshot["heartbeats"]:
             replicas[str(beat.get("service"))] += 1
-        recent = [e.event for e in events if e.event.times.classified_ms >= now_ms - 60_000]
-        latencies = [e.latency_ms for e in recent]
-        p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+        latency = latency_summary(events, now_ms)
+        p50, p95 = latency.p50_ms, latency.p95_ms
         dead_total = sum(snapshot["dead"].values())
         shed = snapshot["stats"].get("capture", {}).get("shed", 0)
-        kpis = [ui.kpi("latency p50", f"{p50:.0f} ms" if p50 is not None else "–", f"capture → event, {len(recent)} events"),
+        kpis = [ui.kpi("latency p50", f"{p50:.0f} ms" if p50 is not None else "–", f"capture → event, {latency.events} events"),
                 ui.kpi("latency p95", f"{p95:.0f} ms" if p95 is not None else "–", "last minute"),
                 ui.kpi("events / s", f"{per_s.get('classifier', {}).get('entries_out', 0.0):.1f}", "classifier output"),
                 ui.kpi("shed frames", f"{shed:,}", "dropped by capture under load"),
