@@ -37,9 +37,9 @@ def make_event(i: int, camera_id: str = "cam0", session_id: str = "s1", captured
                         times=StageTimes(captured_ms=captured, detected_ms=captured + 12, classified_ms=captured + 30))
 
 
-def create_pg_database() -> tuple[str, callable]:
+def create_pg_database(prefix: str = "store") -> tuple[str, callable]:
     psycopg = pytest.importorskip("psycopg")
-    name = f"store_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"CREATE DATABASE {name}")
