@@ -13,54 +13,11 @@ from services.dashboard.api.models import MAX_PAGE, decode_cursor, encode_cursor
 from shared.emotions import EMOTIONS
 from shared.registry import ModelRegistry
 from shared.schemas import encode
-from shared.store import close_session, make_engine, migrate, open_session, queries, record_events
+from shared.store import make_engine, queries
+from tests.test_dashboard_api_support import N_EVENTS, T0, api_settings, api_store_url  # noqa: F401
 from tests.test_dashboard_support import emotion_event, face_png, served_model_dir  # noqa: F401
-from tests.test_store_support import PG_URL, T0_MS, create_pg_database, make_event
 
-T0 = datetime.fromtimestamp(T0_MS / 1000, tz=timezone.utc)
 RANGE = {"start": "2025-12-31T23:00:00Z", "end": "2026-01-01T03:00:00Z"}
-N_EVENTS = 240
-
-
-def _events() -> list:
-    """Two cameras, three sessions, about two hours; every tenth frame has a second face at the same
-    instant, so pages must break ties on the row id."""
-    out = []
-    for i in range(N_EVENTS):
-        captured = T0_MS + 7_000 + i * 29_000
-        camera, session = f"cam{i % 2}", f"s{i % 3}"
-        out.append(make_event(i, camera_id=camera, session_id=session, captured_ms=captured))
-        if i % 10 == 0:
-            twin = make_event(100_000 + i, camera_id=camera, session_id=session, captured_ms=captured)
-            out.append(twin.model_copy(update={"face_index": 1, "frame_id": i,
-                                               "event_id": f"{camera}:{session}:{i}:1"}))
-    return out
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def api_store_url(request, tmp_path):
-    """A migrated store on each backend, holding `_events()` and one opened-and-closed session."""
-    if request.param == "sqlite":
-        url, drop = f"sqlite:///{tmp_path / 'api.sqlite'}", None
-    else:
-        name, drop = create_pg_database(prefix="api")
-        url = PG_URL.format(name=name)
-    try:
-        migrate(url)
-        engine = make_engine(url)
-        open_session(engine, "s0", camera_id="cam0", source="demo", started=T0)
-        record_events(engine, _events())
-        close_session(engine, "s0", ended=T0 + timedelta(hours=2))
-        engine.dispose()
-        yield url
-    finally:
-        if drop:
-            drop()
-
-
-@pytest.fixture
-def api_settings(settings, api_store_url, served_model_dir):  # noqa: F811
-    return settings.model_copy(update={"database_url": api_store_url, "default_model_dir": served_model_dir})
 
 
 def _client(settings, **dashboard):

@@ -212,6 +212,13 @@ class EventsPage(_Out):
     limit: int
 
 
+class StreamEnd(_Out):
+    """`data` of the live feed's final `end` event."""
+
+    reason: str
+    last_event_id: str = Field(description="send it back as Last-Event-ID to continue without a gap")
+
+
 class Session(_Out):
     session_id: str
     camera_id: str | None

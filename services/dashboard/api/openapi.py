@@ -11,11 +11,12 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from services.dashboard.api.models import API_VERSION, MAX_PAGE, Error
+from services.dashboard.api.models import API_VERSION, MAX_PAGE, Error, Event, StreamEnd, StreamId
 from shared.analyze import AnalyzeResult
 from shared.settings import Settings
 
 REF = "#/components/schemas/{model}"
+STREAM_ID = TypeAdapter(StreamId).json_schema()["pattern"]
 ERROR_TEXT = {400: "Invalid parameters (the first problem in `error`, all in `details`)",
               401: "No valid token (see the security schemes)", 404: "Not found",
               413: "Upload too large", 415: "Not a JPEG, PNG, BMP or WebP image",
@@ -59,12 +60,24 @@ def path_parameters(types: dict[str, Any]) -> list[dict]:
     return out
 
 
+def sse_event_schema(ref: dict) -> dict:
+    """One event of the live feed: its `event` name says which JSON object its `data` holds."""
+    def kind(name: str, model: type[BaseModel], what: str) -> dict:
+        return {"type": "object", "description": what, "required": ["event", "data"],
+                "properties": {"event": {"const": name}, "id": {"type": "string", "pattern": STREAM_ID},
+                               "data": {"type": "string", "contentMediaType": "application/json",
+                                        "contentSchema": ref[model]}}}
+    return {"oneOf": [kind("emotion", Event, "an emotion event; `id` is its events-stream entry id"),
+                      kind("end", StreamEnd, "the feed reached its maximum duration"),
+                      kind("error", Error, "Redis stopped answering; reconnect later")]}
+
+
 def _json(ref: dict) -> dict:
     return {"application/json": {"schema": ref}}
 
 
 def openapi_document(operations, settings: Settings) -> dict:
-    models = [Error, AnalyzeResult, *(op.response for op in operations if op.response is not None)]
+    models = [Error, AnalyzeResult, Event, StreamEnd, *(op.response for op in operations if op.response is not None)]
     refs, top = models_json_schema([(m, "serialization") for m in dict.fromkeys(models)], ref_template=REF)
     ref = {model: refs[(model, "serialization")] for model, _mode in refs}
     secured = bool(settings.dashboard.auth_token)
@@ -72,8 +85,8 @@ def openapi_document(operations, settings: Settings) -> dict:
     for op in operations:
         responses: dict[str, Any] = {}
         if op.stream:
-            responses["200"] = {"description": "A stream of server-sent events",
-                                "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+            responses["200"] = {"description": "Server-sent events (the schema describes one event)",
+                                "content": {"text/event-stream": {"schema": sse_event_schema(ref)}}}
         elif op.operation_id == "analyzeImage":
             responses["200"] = {"description": "The faces found and their emotions", "content": _json(ref[AnalyzeResult])}
         elif op.response is None:
@@ -88,7 +101,7 @@ def openapi_document(operations, settings: Settings) -> dict:
         if op.stream:
             parameters.append({"name": "Last-Event-ID", "in": "header", "required": False,
                                "description": "resume after this entry (EventSource sends it on reconnect)",
-                               "schema": {"type": "string", "pattern": r"^[0-9]{1,20}(-[0-9]{1,20})?$"}})
+                               "schema": {"type": "string", "pattern": STREAM_ID}})
         if parameters:
             operation["parameters"] = parameters
         if op.operation_id == "analyzeImage":

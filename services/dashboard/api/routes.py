@@ -182,6 +182,10 @@ def allowed_methods(path: str, catch_all: str) -> list[str]:
     return allowed
 
 
+def allow_header(allowed: list[str]) -> str:
+    return ", ".join([*allowed, *(["HEAD"] if "GET" in allowed else []), "OPTIONS"])
+
+
 def make_blueprint(ctx: DashboardContext, document: dict) -> Blueprint:
     bp = Blueprint("api", __name__)
     slots = StreamSlots(ctx.settings.dashboard.max_streams)
@@ -238,7 +242,7 @@ def make_blueprint(ctx: DashboardContext, document: dict) -> Blueprint:
         allowed = allowed_methods(request.path, catch_all)
         if allowed:
             return error_response(405, f"{request.method} is not allowed on {request.path}; use "
-                                       f"{', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+                                       f"{', '.join(allowed)}", headers={"Allow": allow_header(allowed)})
         return error_response(404, f"no API route at {request.path} (the routes are listed in {OPENAPI_PATH})")
 
     for rule in ("/api", "/api/", "/api/<path:rest>"):
@@ -279,4 +283,13 @@ def install(server: Flask, ctx: DashboardContext) -> Blueprint:
 
     bp = make_blueprint(ctx, openapi_document(OPERATIONS, ctx.settings))
     server.register_blueprint(bp)
+
+    @server.after_request
+    def _api_allow(response: Response) -> Response:
+        # Flask answers OPTIONS itself with every method of every rule matching the path, the catch-all's
+        # included: list only what the real route serves (here and on /api/analyze, routed by app.py).
+        if request.method == "OPTIONS" and request.path.startswith("/api/") and response.status_code == 200:
+            response.headers["Allow"] = allow_header(allowed_methods(request.path, f"{bp.name}.unknown"))
+        return response
+
     return bp

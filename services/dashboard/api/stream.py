@@ -16,14 +16,13 @@ Each response is bounded, because it holds one of the server's few threads (wait
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Callable, Iterator
 
 import redis
 
-from services.dashboard.api.models import Event
+from services.dashboard.api.models import Error, Event, StreamEnd
 from shared.redis_conn import REDIS_DOWN_ERRORS, redact
 from shared.schemas import EmotionEvent, MessageError, decode
 from shared.store.writer import event_row
@@ -92,8 +91,8 @@ def event_feed(client: redis.Redis, keys: Keys, *, after: str, camera: str | Non
         try:
             reply = client.xread({keys.events: after}, count=READ_COUNT, block=max(1, int(wait_s * 1000)))
         except REDIS_DOWN_ERRORS as exc:
-            yield sse(event="error", id=after, data=json.dumps({
-                "error": f"Redis at {redact(redis_url)} is not answering ({type(exc).__name__}); reconnect later"}))
+            yield sse(event="error", id=after, data=Error(error=f"Redis at {redact(redis_url)} is not answering "
+                                                              f"({type(exc).__name__}); reconnect later").model_dump_json())
             return
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -113,5 +112,5 @@ def event_feed(client: redis.Redis, keys: Keys, *, after: str, camera: str | Non
         if clock() - quiet_since >= heartbeat_s:
             yield ": heartbeat\n\n"
             quiet_since = clock()
-    yield sse(event="end", id=after, data=json.dumps({"reason": f"a feed lasts at most {max_s:g} s; reconnect with "
-                                                                f"Last-Event-ID: {after}", "last_event_id": after}))
+    yield sse(event="end", id=after, data=StreamEnd(reason=f"a feed lasts at most {max_s:g} s; reconnect with "
+                                                           f"Last-Event-ID", last_event_id=after).model_dump_json())
