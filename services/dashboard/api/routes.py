@@ -147,12 +147,19 @@ def parse_query(model: type[BaseModel] | None) -> BaseModel | None:
         raise ApiError(400, *_problems(exc)) from None
 
 
-def parse_path(types: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
+def parse_value(kind: Any, value: str, what: str) -> Any:
+    """`value` validated as the pydantic type `kind`; `what` names it in the 400 ("header 'X'")."""
     try:
-        return {name: TypeAdapter(kind).validate_python(values[name]) for name, kind in types.items()}
+        return TypeAdapter(kind).validate_python(value)
     except ValidationError as exc:
-        line, details = _problems(exc)
-        raise ApiError(400, line.replace("invalid parameters", "invalid path"), details) from None
+        _line, details = _problems(exc)
+        for detail in details:
+            detail["parameter"] = what
+        raise ApiError(400, f"invalid {what}: {details[0]['message']}", details) from None
+
+
+def parse_path(types: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
+    return {name: parse_value(kind, values[name], f"path parameter {name!r}") for name, kind in types.items()}
 
 
 def json_response(body: BaseModel | dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -206,7 +213,7 @@ def make_blueprint(ctx: DashboardContext, document: dict) -> Blueprint:
         header = request.headers.get("Last-Event-ID")
         last_id = query.last_event_id
         if header is not None:
-            last_id = parse_path({"Last-Event-ID": StreamId}, {"Last-Event-ID": header.strip()})["Last-Event-ID"]
+            last_id = parse_value(StreamId, header.strip(), "header 'Last-Event-ID'")
         release = slots.acquire()
         if release is None:
             raise ApiError(503, f"all {slots.limit} live feeds are in use; retry shortly",
