@@ -245,10 +245,10 @@ def test_token_guards_the_api(api_settings, redis_client):
     ("GET", "/api/v2/events", 404, None),
     ("POST", "/api/v1/nope/deeper", 404, None),
     ("OPTIONS", "/api/v1/nope", 404, None),
-    ("POST", "/api/v1/events", 405, "GET"),
-    ("DELETE", "/api/v1/sessions/s0", 405, "GET"),
-    ("PUT", "/api/v1/openapi.json", 405, "GET"),
-    ("GET", "/api/analyze", 405, "POST"),
+    ("POST", "/api/v1/events", 405, "GET, HEAD, OPTIONS"),
+    ("DELETE", "/api/v1/sessions/s0", 405, "GET, HEAD, OPTIONS"),
+    ("PUT", "/api/v1/openapi.json", 405, "GET, HEAD, OPTIONS"),
+    ("GET", "/api/analyze", 405, "POST, OPTIONS"),
 ])
 def test_unknown_paths_and_wrong_methods_answer_json(api, method, path, status, allow):
     """Not the dashboard's HTML page (which Dash serves for any other GET)."""
@@ -257,6 +257,15 @@ def test_unknown_paths_and_wrong_methods_answer_json(api, method, path, status, 
     assert response.mimetype == "application/json"
     assert response.get_json()["error"]
     assert response.headers.get("Allow") == allow
+
+
+@pytest.mark.parametrize("path, allow", [("/api/v1/events", "GET, HEAD, OPTIONS"),
+                                         ("/api/v1/sessions/s0", "GET, HEAD, OPTIONS"),
+                                         ("/api/analyze", "POST, OPTIONS")])
+def test_options_lists_only_the_real_methods(api, path, allow):
+    """Flask's own answer would also count the /api/<path> catch-all's methods (every one)."""
+    response = api.options(path)
+    assert response.status_code == 200 and response.headers["Allow"] == allow
 
 
 def test_the_pages_still_get_html(api):
@@ -297,3 +306,17 @@ def test_openapi_document_validates_and_matches_the_routes(api):
     result = document["components"]["schemas"][analyze["responses"]["200"]["content"]["application/json"]["schema"]
                                                 ["$ref"].rsplit("/", 1)[1]]
     assert "faces" in result["required"]
+
+
+def test_the_committed_document_is_the_generated_one():
+    """docs/openapi.json (linked from the README) is what the server serves with default settings.
+    After an API change: python -m services.dashboard.api.openapi > docs/openapi.json"""
+    import json
+    from pathlib import Path
+
+    from services.dashboard.api.openapi import openapi_document
+    from services.dashboard.api.routes import OPERATIONS
+    from shared.settings import DashboardSettings
+
+    committed = json.loads((Path(__file__).resolve().parent.parent / "docs" / "openapi.json").read_text())
+    assert committed == openapi_document(OPERATIONS, DashboardSettings())

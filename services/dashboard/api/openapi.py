@@ -12,8 +12,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import models_json_schema
 
 from services.dashboard.api.models import API_VERSION, MAX_PAGE, Error, Event, StreamEnd, StreamId
-from shared.analyze import AnalyzeResult
-from shared.settings import Settings
+from shared.settings import DashboardSettings
 
 REF = "#/components/schemas/{model}"
 STREAM_ID = TypeAdapter(StreamId).json_schema()["pattern"]
@@ -31,13 +30,13 @@ SECURITY_SCHEMES = {
 
 
 def _parameter_schema(schema: dict) -> dict:
-    """A query model's field schema as a parameter schema: parameters are absent, never null."""
-    schema = {k: v for k, v in schema.items() if k not in ("title", "description", "default")
-              or (k == "default" and v is not None)}
-    branches = schema.pop("anyOf", None)
+    """A query model's field schema as a parameter schema: a parameter is absent, never null."""
+    schema = {k: v for k, v in schema.items() if k not in ("title", "description")}
+    if schema.get("default", "") is None:
+        del schema["default"]
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
     if branches:
-        kept = [b for b in branches if b.get("type") != "null"]
-        schema.update(kept[0] if len(kept) == 1 else {"anyOf": kept})
+        schema.update(branches[0] if len(branches) == 1 else {"anyOf": branches})
     return schema
 
 
@@ -76,19 +75,17 @@ def _json(ref: dict) -> dict:
     return {"application/json": {"schema": ref}}
 
 
-def openapi_document(operations, settings: Settings) -> dict:
-    models = [Error, AnalyzeResult, Event, StreamEnd, *(op.response for op in operations if op.response is not None)]
+def openapi_document(operations, dashboard: DashboardSettings) -> dict:
+    models = [Error, Event, StreamEnd, *(op.response for op in operations if op.response is not None)]
     refs, top = models_json_schema([(m, "serialization") for m in dict.fromkeys(models)], ref_template=REF)
     ref = {model: refs[(model, "serialization")] for model, _mode in refs}
-    secured = bool(settings.dashboard.auth_token)
+    secured = bool(dashboard.auth_token)
     paths: dict[str, dict] = {}
     for op in operations:
         responses: dict[str, Any] = {}
         if op.stream:
             responses["200"] = {"description": "Server-sent events (the schema describes one event)",
                                 "content": {"text/event-stream": {"schema": sse_event_schema(ref)}}}
-        elif op.operation_id == "analyzeImage":
-            responses["200"] = {"description": "The faces found and their emotions", "content": _json(ref[AnalyzeResult])}
         elif op.response is None:
             responses["200"] = {"description": op.summary, "content": _json({"type": "object"})}
         else:
@@ -104,11 +101,11 @@ def openapi_document(operations, settings: Settings) -> dict:
                                "schema": {"type": "string", "pattern": STREAM_ID}})
         if parameters:
             operation["parameters"] = parameters
-        if op.operation_id == "analyzeImage":
+        if op.upload_field:
             operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": {
-                "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary",
-                                         "description": f"at most {settings.dashboard.max_upload_bytes:,} bytes"}}}}}}
+                "type": "object", "required": [op.upload_field],
+                "properties": {op.upload_field: {"type": "string", "format": "binary", "description":
+                                                 f"at most {dashboard.max_upload_bytes:,} bytes"}}}}}}
         paths.setdefault(op.path, {})[op.method.lower()] = operation
     document: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -125,3 +122,16 @@ def openapi_document(operations, settings: Settings) -> dict:
     if secured:
         document["security"] = [{name: []} for name in SECURITY_SCHEMES]
     return document
+
+
+def main() -> None:
+    """`python -m services.dashboard.api.openapi > docs/openapi.json`: the document with default settings."""
+    import json
+
+    from services.dashboard.api.routes import OPERATIONS
+
+    print(json.dumps(openapi_document(OPERATIONS, DashboardSettings()), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,7 @@ from services.dashboard.api.models import (MAX_PAGE, Aggregates, AggregatesQuery
                                            SessionsQuery, StreamId, StreamQuery)
 from services.dashboard.api.stream import StreamSlots, event_feed, start_id
 from services.dashboard.context import DashboardContext, SourceUnavailable
+from shared.analyze import AnalyzeResult
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Operation:
     path_params: dict[str, Any] = field(default_factory=dict)  # name -> pydantic type
     not_found: Callable[..., str] | None = None  # the 404 message when the handler finds nothing
     stream: bool = False  # text/event-stream instead of JSON
+    upload_field: str | None = None  # multipart/form-data file field of the request body
     served_elsewhere: bool = False  # documented here, routed by services.dashboard.app
 
     @property
@@ -109,7 +111,8 @@ OPERATIONS: tuple[Operation, ...] = (
               "Faces and their emotion probabilities in an uploaded image (JPEG, PNG, BMP or WebP), sent as the "
               "multipart/form-data field `image`. Answers `faces` (box, detection confidence, label, confidence, "
               "probabilities), the model version and the image's size and format.",
-              "analyze", None, None, None, (400, 413, 415, 422, 503), served_elsewhere=True),
+              "analyze", None, AnalyzeResult, None, (400, 413, 415, 422, 503), upload_field="image",
+              served_elsewhere=True),
     Operation(OPENAPI_PATH, "GET", "getOpenApi", "This document", "The OpenAPI 3.1 document of this API.",
               "meta", NoQuery, None, None, (400,)),
 )
@@ -196,7 +199,6 @@ def allow_header(allowed: list[str]) -> str:
 def make_blueprint(ctx: DashboardContext, document: dict) -> Blueprint:
     bp = Blueprint("api", __name__)
     slots = StreamSlots(ctx.settings.dashboard.max_streams)
-    bp.stream_slots = slots  # type: ignore[attr-defined]  # tests read how many feeds are open
 
     def json_view(op: Operation) -> Callable[..., Response]:
         def view(**path_values):
@@ -288,7 +290,7 @@ def install(server: Flask, ctx: DashboardContext) -> Blueprint:
     """Register the API on the dashboard's Flask server (after services.dashboard.auth.install)."""
     from services.dashboard.api.openapi import openapi_document
 
-    bp = make_blueprint(ctx, openapi_document(OPERATIONS, ctx.settings))
+    bp = make_blueprint(ctx, openapi_document(OPERATIONS, ctx.settings.dashboard))
     server.register_blueprint(bp)
 
     @server.after_request
