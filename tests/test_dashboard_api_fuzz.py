@@ -19,8 +19,6 @@ from shared.schemas import encode
 from tests.test_dashboard_api_support import api_settings, api_store_url, start_dashboard  # noqa: F401
 from tests.test_dashboard_support import emotion_event, served_model_dir  # noqa: F401
 
-pytest.importorskip("schemathesis")
-
 TOKEN = "fuzz-token"
 # Per operation; API_FUZZ_EXAMPLES=500 for a deeper run by hand.
 EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "40"))
