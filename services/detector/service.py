@@ -12,15 +12,15 @@ classifiers have acknowledged it (see the table of streams in shared/streams.py)
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from shared.faces import FaceDetector, IoUTracker
+from shared.frame_faces import frame_faces
 from shared.model_follower import ModelFollower
-from shared.model_runtime import Preprocess, crop_face
+from shared.model_runtime import Preprocess
 from shared.processor import Outbound, Processor
 from shared.schemas import FaceMessage, FrameMessage, MessageError, encode
 from shared.settings import DetectorSettings
@@ -61,25 +61,15 @@ class FaceFinder:
         decoded = [decode_frame(frame) for frame in frames]
         faces: list[FaceMessage] = []
         empty = over = 0
-        backend = self.detector.name
         for frame, gray in zip(frames, decoded):
-            found = self.detector.detect(gray)
-            over += max(0, len(found) - self.settings.max_faces)
-            found = found[:self.settings.max_faces]
-            if not found:
-                empty += 1
             tracker = self.trackers.setdefault(
                 frame.camera_id, IoUTracker(self.settings.iou_threshold, self.settings.track_max_age_ms))
-            track_ids = tracker.update([d.box for d in found], frame.captured_ms)
-            detected_ms = now_ms or int(time.time() * 1000)
-            for index, (face, track_id) in enumerate(zip(found, track_ids)):
-                crop = crop_face(gray, face.box, self.preprocess, landmarks=face.landmarks, backend=backend)
-                faces.append(FaceMessage(
-                    camera_id=frame.camera_id, session_id=frame.session_id, frame_id=frame.frame_id,
-                    face_index=index, faces_in_frame=len(found), track_id=track_id, bbox=face.box,
-                    detection_confidence=face.confidence, side=self.preprocess.input_size,
-                    preprocess=self.preprocess.id, captured_ms=frame.captured_ms, detected_ms=detected_ms,
-                    crop=crop.tobytes()))
+            found = frame_faces(gray, self.detector, self.settings, self.preprocess, tracker,
+                                camera_id=frame.camera_id, session_id=frame.session_id, frame_id=frame.frame_id,
+                                captured_ms=frame.captured_ms, detected_ms=now_ms)
+            over += found.over_limit
+            empty += not found.faces
+            faces.extend(found.faces)
         return DetectionResult(faces, empty, over)
 
 
