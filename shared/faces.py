@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -185,8 +186,16 @@ class YuNetDetector(_Backend):
 
         _limit_openmp_threads(detect, settings.threads)
         self._detect = detect
+        # OpenMP's thread count is set per calling thread: a detector used from another thread (the
+        # dashboard's request threads, `emotion analyze`'s reader) must cap that thread too, or the
+        # library spins a thread per core beside it (measured 4x the CPU per frame).
+        self._capped = threading.local()
+        self._capped.done = True
 
     def _native(self, gray: np.ndarray, min_side: int) -> list[Detection]:
+        if not getattr(self._capped, "done", False):
+            _limit_openmp_threads(self._detect, self.settings.threads)
+            self._capped.done = True
         bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR) if gray.ndim == 2 else np.ascontiguousarray(gray)
         height, width = gray.shape[:2]
         threshold = self.settings.min_confidence * 100  # the library scores 0..100
