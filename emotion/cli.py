@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from emotion.errors import UserError
 
-COMMAND_MODULES = ("services", "pipeline", "training", "models", "framing", "store", "bench")
+COMMAND_MODULES = ("services", "pipeline", "training", "models", "framing", "store", "bench", "analyze")
 # What a shell reports for a command whose reader went away (128 + SIGPIPE), as `yes | head` does.
 BROKEN_PIPE_EXIT = 141
 

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.drawing import label_box, line_style
 from shared.emotions import EMOTIONS
 from shared.faces import FaceDetector
 from shared.model_runtime import crop_face
@@ -228,16 +229,10 @@ def analyze_image(data: bytes, detector: FaceDetector, model, max_bytes: int, ma
 def annotate(decoded: DecodedImage, result: AnalyzeResult) -> np.ndarray:
     """A copy of the decoded image with each face's box, label and confidence drawn on it."""
     image = decoded.image.copy()
-    thickness = max(2, image.shape[1] // 300)
-    font_scale = max(0.5, image.shape[1] / 900)
+    thickness, font_scale = line_style(image)
     for index, face in enumerate(result.faces):
         x, y = face.box.x // decoded.scale, face.box.y // decoded.scale
         w, h = face.box.w // decoded.scale, face.box.h // decoded.scale
-        cv2.rectangle(image, (x, y), (x + w, y + h), (80, 200, 120), thickness)
-        text = f"#{index + 1} {face.label} {face.confidence:.0%}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        top = max(0, y - th - base - 6)
-        cv2.rectangle(image, (x, top), (x + tw + 8, top + th + base + 6), (80, 200, 120), cv2.FILLED)
-        cv2.putText(image, text, (x + 4, top + th + 3), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (20, 20, 20),
-                    thickness, cv2.LINE_AA)
+        label_box(image, x, y, w, h, f"#{index + 1} {face.label} {face.confidence:.0%}", (80, 200, 120), thickness,
+                  font_scale)
     return image

@@ -3,6 +3,17 @@
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_EMOTIONS = len(EMOTIONS)
 
+# One colour per emotion everywhere: the dashboard's charts, annotated videos and analysis reports.
+EMOTION_COLORS: dict[str, str] = {"angry": "#e4572e", "disgust": "#76b041", "fear": "#8f5bd6", "happy": "#f2c14e",
+                                  "sad": "#3a86ff", "surprise": "#ff7eb6", "neutral": "#9aa5b1"}
+
+
+def color_bgr(emotion: str) -> tuple[int, int, int]:
+    """An emotion's colour as OpenCV draws it (blue, green, red)."""
+    value = EMOTION_COLORS[emotion].lstrip("#")
+    red, green, blue = (int(value[i:i + 2], 16) for i in (0, 2, 4))
+    return blue, green, red
+
 # Folder names used by public emotion datasets (FER-2013 image release, CK+, JAFFE, RAF-DB, ...),
 # mapped to our label index. Names outside the seven (contempt, ...) map to None and are skipped.
 EMOTION_ALIASES: dict[str, int | None] = {

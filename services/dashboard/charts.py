@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from shared.emotions import EMOTIONS
+from shared.emotions import EMOTION_COLORS, EMOTIONS
 
-COLORS = {"angry": "#e4572e", "disgust": "#76b041", "fear": "#8f5bd6", "happy": "#f2c14e", "sad": "#3a86ff",
-          "surprise": "#ff7eb6", "neutral": "#9aa5b1"}
+COLORS = EMOTION_COLORS
 PROB_COLUMNS = [f"p_{e}" for e in EMOTIONS]
 
 
