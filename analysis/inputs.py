@@ -9,18 +9,16 @@ is one line, not a half-written output.
 from __future__ import annotations
 
 import glob
-import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import cv2
 import numpy as np
 
 from services.capture.sources import IMAGE_SUFFIXES
 
-log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp"}
 DEFAULT_FPS = 25.0  # for a video whose container gives no frame rate
@@ -36,8 +34,15 @@ class Frame:
     index: int  # frame number in its video, or image number in its set
     time_ms: int | None  # position in the video; None for an image
     path: str  # the file it came from
-    image: np.ndarray | None  # BGR; None for a frame skipped by --every when nothing needs its pixels
-    analyse: bool  # False: read only for the annotated video (--every)
+    image: np.ndarray | None  # BGR, when it was decoded (see `frames`); None for an image that does not decode
+    ordinal: int | None  # its place among the frames of its input to analyse; None: skipped by --every
+
+    @property
+    def analyse(self) -> bool:
+        return self.ordinal is not None
+
+
+Select = Callable[[int], bool]  # ordinal -> decode this frame
 
 
 @dataclass
@@ -67,23 +72,24 @@ class VideoInput:
     def expected_frames(self) -> int:
         return self.frame_count
 
-    def frames(self, every: int = 1, keep_skipped: bool = False) -> Iterator[Frame]:
-        """Every frame in order; only each `every`-th is to be analysed. Skipped frames are decoded only
-        when `keep_skipped` (the annotated video needs every frame), else just stepped over."""
+    def frames(self, every: int = 1, select: Select | None = None, decode_skipped: bool = False) -> Iterator[Frame]:
+        """Every frame in order, each `every`-th one to be analysed. Pixels are decoded for the frames to
+        analyse that `select` picks (all when None), and for the skipped ones only with `decode_skipped`
+        (an annotated copy needs every frame); the others are stepped over (grab without retrieve)."""
         capture = cv2.VideoCapture(str(self.path))
         if not capture.isOpened():
             raise InputError(f"{self.path}: cannot open it as a video any more")
         try:
             index = 0
             while True:
-                analyse = index % every == 0
-                if analyse or keep_skipped:
+                ordinal = index // every if index % every == 0 else None
+                if decode_skipped if ordinal is None else (select is None or select(ordinal)):
                     ok, image = capture.read()
                 else:
                     ok, image = capture.grab(), None
                 if not ok:
                     return
-                yield Frame(index, round(index * 1000 / self.fps), str(self.path), image, analyse)
+                yield Frame(index, round(index * 1000 / self.fps), str(self.path), image, ordinal)
                 index += 1
         finally:
             capture.release()
@@ -94,23 +100,22 @@ class ImageSetInput:
     name: str  # the PATH argument the images came from
     paths: list[Path]
     camera_id: str
-    unreadable: list[str] = field(default_factory=list)
     kind: Literal["images"] = "images"
 
     @property
     def expected_frames(self) -> int:
         return len(self.paths)
 
-    def frames(self, every: int = 1, keep_skipped: bool = False) -> Iterator[Frame]:
-        """Each image once (`every` thins video frames only: photos are not a sequence). An image that
-        does not decode is logged and listed in `unreadable`, and the others go on."""
+    def frames(self, every: int = 1, select: Select | None = None, decode_skipped: bool = False) -> Iterator[Frame]:
+        """Each image once, in order (`every` thins video frames only: photos are not a sequence); those
+        that `select` picks (all when None) are read. An image that does not decode comes with no pixels."""
         for index, path in enumerate(self.paths):
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None or image.size == 0:
-                log.warning("event=unreadable_image path=%s", path)
-                self.unreadable.append(str(path))
-                continue
-            yield Frame(index, None, str(path), image, True)
+            image = None
+            if select is None or select(index):
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is not None and image.size == 0:
+                    image = None
+            yield Frame(index, None, str(path), image, index)
 
 
 Input = VideoInput | ImageSetInput

@@ -1,31 +1,34 @@
-"""Frames -> emotion events as fast as the machine allows: two stages on two threads.
+"""Frames -> emotion events as fast as the machine allows.
 
-Stage 1 (a helper thread) reads frames, turns them grey and finds, tracks and crops the faces
-(`shared.frame_faces`, the detector service's own step). Stage 2 (the calling thread) sends the
-crops of many frames through the model in one batch, smooths each track (`shared.smoothing`, the
-classifier's own functions) and hands every frame, in order, to the sinks (rows, annotated video,
-report, store).
+    detection workers (one process per core, analysis/workers.py)
+        read the inputs, find the faces of their share of the frames, crop them for the model
+    this process
+        tracks the faces frame by frame (shared.frame_faces.track_faces), sends the crops of many
+        frames through the model in one batch, smooths each track (shared.smoothing, the classifier's
+        own functions) and hands every frame, in order, to the sinks (rows, annotation, report, store)
+    annotation reader (a thread, only with --annotate)
+        decodes every frame again for its pixels, so no image ever crosses a process boundary
 
-Why threads and this split: YuNet holds the GIL while it runs (two detection threads measured no
-faster than one), while LiteRT's invoke, OpenCV's decoder, resizing, drawing and video encoder all
-release it. So detection keeps one core busy and the model, the drawing and the encoding run on the
-other. A bounded queue between the stages keeps memory flat however long the video is.
+Why processes for detection: YuNet holds the GIL while it runs (two detection threads measured no
+faster than one), so only processes put both cores to work on it. LiteRT's invoke, OpenCV's decoder,
+drawing and video encoder release the GIL, so they overlap on the main process's threads. Every
+queue is bounded: memory stays flat however long the video is.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
 
-import cv2
 import numpy as np
 
 from analysis.inputs import Frame, Input
+from analysis.workers import DetectWorkers, InputEnd, WorkerError
 from shared.emotions import EMOTIONS
-from shared.faces import FaceDetector, IoUTracker
-from shared.frame_faces import frame_faces
+from shared.faces import IoUTracker
+from shared.frame_faces import track_faces
 from shared.model_runtime import EmotionModel, TtaMode
 from shared.schemas import EmotionEvent, FaceMessage
 from shared.settings import DetectorSettings
@@ -33,6 +36,7 @@ from shared.smoothing import TrackState, build_events
 
 # Track states of a face unseen this long (video time) are dropped, as the classifier's expire in Redis.
 STATE_KEEP_MS = 60_000
+UNREADABLE_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class FrameResult:
 
 
 class Sink(Protocol):
-    """Where results go; `add` is called once per frame read, in order, then `close` once."""
+    """Where results go: `add` once per frame, in order (skipped frames only when pixels are kept), then
+    `close` once."""
 
     def add(self, result: FrameResult) -> None: ...
 
@@ -53,7 +58,6 @@ class Sink(Protocol):
 
 @dataclass
 class PipelineConfig:
-    detector: FaceDetector
     detector_settings: DetectorSettings
     model: EmotionModel
     tta: TtaMode
@@ -64,7 +68,6 @@ class PipelineConfig:
     keep_images: bool = False  # sinks need the pixels (annotation)
     batch_faces: int = 64  # faces per model call
     batch_frames: int = 32  # frames held at most while a batch fills (bounds memory)
-    queue_frames: int = 16
 
     @property
     def image_step_ms(self) -> int:
@@ -81,22 +84,8 @@ class Totals:
     frames_without_faces: int = 0
     faces_over_limit: int = 0
     labels: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EMOTIONS, 0))
-
-
-@dataclass
-class _Detected:
-    input: Input
-    frame: Frame
-    faces: list[FaceMessage]
-    over_limit: int
-
-
-@dataclass
-class _Failed:
-    error: BaseException
-
-
-_END = object()
+    unreadable: list[str] = field(default_factory=list)  # the first UNREADABLE_KEPT images that did not decode
+    unreadable_count: int = 0
 
 
 def input_span_ms(item: Input, config: PipelineConfig) -> int:
@@ -106,6 +95,66 @@ def input_span_ms(item: Input, config: PipelineConfig) -> int:
     return item.expected_frames * config.image_step_ms
 
 
+def expected_analysed(item: Input, every: int) -> int:
+    return -(-item.expected_frames // every) if item.kind == "video" else item.expected_frames
+
+
+@dataclass
+class _Pending:
+    input: Input
+    frame: Frame
+    faces: list[FaceMessage]
+    over_limit: int
+
+
+_END = object()
+
+
+class _FrameReader:
+    """The annotation reader: every frame of every input, with its pixels, on a thread of its own."""
+
+    def __init__(self, inputs: Sequence[Input], every: int, depth: int = 8) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(list(inputs), every), name="analyze-annotate-read",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, inputs: list[Input], every: int) -> None:
+        try:
+            for item in inputs:
+                for frame in item.frames(every, decode_skipped=True):
+                    if not self._put(frame):
+                        return
+                if not self._put(_END):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - raised where the frames are consumed
+            self._put(exc)
+
+    def frames(self) -> Iterator[Frame]:
+        """The frames of the next input, up to its end."""
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class Pipeline:
     def __init__(self, config: PipelineConfig, sinks: Sequence[Sink],
                  on_progress: Callable[[Totals], None] | None = None) -> None:
@@ -113,53 +162,11 @@ class Pipeline:
         self.sinks = list(sinks)
         self.on_progress = on_progress
         self.totals = Totals()
-        self._stop = threading.Event()
         self._states: dict[str, TrackState] = {}
-        self._camera: str | None = None
 
-    # --- stage 1: read, detect, track, crop -------------------------------------------------
+    # --- classification and emission -------------------------------------------------------
 
-    def _put(self, out: queue.Queue, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                out.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _detect(self, inputs: Sequence[Input], out: queue.Queue) -> None:
-        config = self.config
-        settings = config.detector_settings
-        try:
-            for item in inputs:
-                tracker = IoUTracker(settings.iou_threshold, settings.track_max_age_ms)
-                photo = item.kind == "images"
-                for frame in item.frames(config.every, keep_skipped=config.keep_images):
-                    faces: list[FaceMessage] = []
-                    over = 0
-                    if frame.analyse:
-                        gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
-                        clock = frame.time_ms if frame.time_ms is not None else frame.index * config.image_step_ms
-                        captured = config.base_ms + clock
-                        # Offline faces carry the video's clock in every stage time: there is no
-                        # capture latency to report, and the store's latency columns read 0.
-                        found = frame_faces(gray, config.detector, settings, config.model.preprocess, tracker,
-                                            camera_id=item.camera_id, session_id=config.session_id,
-                                            frame_id=frame.index, captured_ms=captured, detected_ms=captured,
-                                            photo=photo)
-                        faces, over = found.faces, found.over_limit
-                    if not config.keep_images and frame.image is not None:
-                        frame = replace(frame, image=None)
-                    if not self._put(out, _Detected(item, frame, faces, over)):
-                        return
-            self._put(out, _END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
-            self._put(out, _Failed(exc))
-
-    # --- stage 2: classify, smooth, emit ----------------------------------------------------
-
-    def _classify(self, batch: list[_Detected]) -> None:
+    def _classify(self, batch: list[_Pending]) -> None:
         config = self.config
         faces = [face for item in batch for face in item.faces]
         if faces:
@@ -171,21 +178,22 @@ class Pipeline:
         for item in batch:
             events: list[EmotionEvent] = []
             if item.faces:
-                if item.input.camera_id != self._camera:
-                    self._camera, self._states = item.input.camera_id, {}  # inputs are read one after another
                 captured = item.faces[0].captured_ms
                 rows = probabilities[start:start + len(item.faces)]
                 start += len(item.faces)
+                # One call per frame, with the frame's own clock as the classification time: offline
+                # events carry the video's clock in every stage time (the store's latencies read 0).
                 events, updated = build_events(item.faces, rows, config.model.version, self._states,
                                                config.tau_ms, now_ms=captured)
                 self._states.update(updated)
                 if len(self._states) > 256:
                     self._states = {k: s for k, s in self._states.items() if captured - s.at_ms <= STATE_KEEP_MS}
             self._emit(FrameResult(item.input, item.frame, events, item.over_limit))
+        if self.on_progress is not None:
+            self.on_progress(self.totals)
 
     def _emit(self, result: FrameResult) -> None:
         totals = self.totals
-        totals.frames_read += 1
         if result.frame.analyse:
             totals.frames += 1
             totals.faces += len(result.events)
@@ -196,35 +204,62 @@ class Pipeline:
         for sink in self.sinks:
             sink.add(result)
 
-    def run(self, inputs: Sequence[Input]) -> Totals:
-        """Analyse every input; the sinks are closed at the end, also when it fails or is interrupted."""
+    def _unreadable(self, path: str) -> None:
+        self.totals.unreadable_count += 1
+        if len(self.totals.unreadable) < UNREADABLE_KEPT:
+            self.totals.unreadable.append(path)
+
+    # --- one input -----------------------------------------------------------------------------
+
+    def _input(self, index: int, item: Input, workers: DetectWorkers, reader: _FrameReader | None) -> None:
         config = self.config
-        handoff: queue.Queue = queue.Queue(maxsize=config.queue_frames)
-        reader = threading.Thread(target=self._detect, args=(inputs, handoff), name="analyze-detect", daemon=True)
-        reader.start()
+        settings = config.detector_settings
+        tracker = IoUTracker(settings.iou_threshold, settings.track_max_age_ms)
+        self._states = {}  # track ids are per input
+        frames = reader.frames() if reader is not None else None
+        batch: list[_Pending] = []
+        faces = 0
+        for found in workers.results(index):
+            if isinstance(found, InputEnd):
+                self.totals.frames_read += found.frames
+                break
+            frame = Frame(found.frame_index, found.time_ms, found.path, None, found.ordinal)
+            if frames is not None:  # the frames before this one were skipped by --every: they go out as they are
+                for frame in frames:
+                    if frame.index == found.frame_index:
+                        break
+                    batch.append(_Pending(item, frame, [], 0))
+                else:
+                    raise WorkerError(f"{item_name(item)}: frame {found.frame_index} was detected but not read again")
+            if found.faces is None:
+                self._unreadable(found.path)
+                continue
+            clock = found.time_ms if found.time_ms is not None else found.frame_index * config.image_step_ms
+            captured = config.base_ms + clock
+            messages = track_faces(found.faces, tracker, config.model.preprocess, camera_id=item.camera_id,
+                                   session_id=config.session_id, frame_id=found.frame_index, captured_ms=captured,
+                                   detected_ms=captured)
+            batch.append(_Pending(item, frame, messages, found.faces.over_limit))
+            faces += len(messages)
+            if faces >= config.batch_faces or len(batch) >= config.batch_frames:
+                self._classify(batch)
+                batch, faces = [], 0
+        if frames is not None:
+            batch.extend(_Pending(item, frame, [], 0) for frame in frames)  # skipped frames after the last one
+        if batch:
+            self._classify(batch)
+
+    def run(self, inputs: Sequence[Input], workers: DetectWorkers) -> Totals:
+        """Analyse every input; the sinks are closed at the end, also when it fails or is interrupted."""
+        reader = _FrameReader(inputs, self.config.every) if self.config.keep_images else None
         failed = True
         try:
-            finished = False
-            while not finished:
-                batch: list[_Detected] = []
-                faces = 0
-                while faces < config.batch_faces and len(batch) < config.batch_frames:
-                    item = handoff.get()
-                    if item is _END:
-                        finished = True
-                        break
-                    if isinstance(item, _Failed):
-                        raise item.error
-                    batch.append(item)
-                    faces += len(item.faces)
-                if batch:
-                    self._classify(batch)
-                    if self.on_progress is not None:
-                        self.on_progress(self.totals)
+            for index, item in enumerate(inputs):
+                self._input(index, item, workers, reader)
             failed = False
         finally:
-            self._stop.set()
-            reader.join(timeout=10)
+            if reader is not None:
+                reader.close()
             errors = []
             for sink in self.sinks:
                 try:
@@ -235,3 +270,6 @@ class Pipeline:
                 raise errors[0]
         return self.totals
 
+
+def item_name(item: Input) -> str:
+    return str(item.path) if item.kind == "video" else item.name

@@ -8,6 +8,7 @@ Everything a user can get wrong (a missing PATH, an output folder that does not 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,17 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from analysis.annotate import Annotator
 from analysis.inputs import Input, InputError, expand
-from analysis.pipeline import Pipeline, PipelineConfig, Sink, Totals, input_span_ms
+from analysis.pipeline import Pipeline, PipelineConfig, Totals, expected_analysed, input_span_ms
 from analysis.progress import Progress
+from analysis.workers import DetectWorkers
 from analysis.report import ReportData, write_report
 from analysis.rows import RowWriter, output_format
 from shared.bootstrap import registry_from
-from shared.faces import make_detector
 from shared.model_runtime import EmotionModel, TtaMode
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-UNREADABLE_LISTED = 20
 
 
 class AnalyzeError(ValueError):
@@ -76,7 +76,7 @@ class AnalyzeSummary(BaseModel):
     frames_without_faces: int
     faces_over_limit: int
     inputs: int
-    unreadable: list[str] = Field(description=f"images that did not decode (the first {UNREADABLE_LISTED})")
+    unreadable: list[str] = Field(description="images that did not decode (the first 20)")
     unreadable_count: int
     rows: int | None = Field(None, description="rows written to --out")
     session_id: str | None = Field(None, description="the stored session (--store)")
@@ -126,40 +126,35 @@ def analyze(settings: Settings, request: AnalyzeRequest, progress_stream: TextIO
     except InputError as exc:
         raise AnalyzeError(str(exc)) from None
     model, used = load_model(settings, request.model_role or settings.analyze.model_role)
-    detector = make_detector(settings.detector)
-    config = PipelineConfig(detector=detector, detector_settings=settings.detector, model=model, tta=used.tta,
+    config = PipelineConfig(detector_settings=settings.detector, model=model, tta=used.tta,
                             tau_ms=settings.classifier.smoothing_tau_ms, session_id=request.session_id, base_ms=0,
                             every=request.every, keep_images=request.annotate is not None)
     config.base_ms = _clock_base(inputs, config, int(time.time() * 1000))
-
-    sinks: list[Sink] = []
-    rows = annotator = report = store = None
+    analysed = sum(expected_analysed(item, request.every) for item in inputs)
+    count = min(settings.analyze.workers or os.cpu_count() or 1, max(1, analysed))
+    sinks = _open_sinks(settings, request, inputs, config)
     try:
-        if request.out is not None:
-            rows = RowWriter(request.out)
-            sinks.append(rows)
-        if request.annotate is not None:
-            try:
-                annotator = Annotator(request.annotate, inputs)
-            except ValueError as exc:
-                raise AnalyzeError(str(exc)) from None
-            report = ReportData()
-            sinks += [annotator, report]
-        if request.store:
-            store = _open_store(settings, request.session_id, inputs, config)
-            sinks.append(store)
+        workers = DetectWorkers(inputs, count, settings.detector, model.preprocess, request.every)
     except BaseException:
-        for sink in sinks:
-            sink.close()
+        _close_all(sinks)
         raise
-    bar = Progress(sum(item.expected_frames for item in inputs), progress_stream, progress)
-    startup_s = time.perf_counter() - started
-    started = time.perf_counter()
-    pipeline = Pipeline(config, sinks, lambda totals: bar.update(totals.frames_read, totals.faces))
     try:
-        totals = pipeline.run(inputs)
+        try:
+            detector = workers.wait_ready()
+        except BaseException:
+            _close_all(sinks)
+            raise
+        bar = Progress(analysed, progress_stream, progress)
+        startup_s = time.perf_counter() - started
+        started = time.perf_counter()
+        pipeline = Pipeline(config, list(sinks.values()), lambda totals: bar.update(totals.frames, totals.faces))
+        try:
+            totals = pipeline.run(inputs, workers)
+        finally:
+            bar.finish(pipeline.totals.frames, pipeline.totals.faces)
     finally:
-        bar.finish(pipeline.totals.frames_read, pipeline.totals.faces)
+        workers.close()
+    rows, annotator, report, store = (sinks.get(k) for k in ("rows", "annotate", "report", "store"))
     outputs = Outputs(rows=str(request.out) if request.out else None)
     if annotator is not None:
         outputs.annotated = str(annotator.target)
@@ -167,15 +162,39 @@ def analyze(settings: Settings, request: AnalyzeRequest, progress_stream: TextIO
         outputs.report = write_report(report, annotator.report_prefix, "Emotion analysis",
                                       _facts(request, totals, used, inputs))
     seconds = time.perf_counter() - started
-    unreadable = [path for item in inputs if item.kind == "images" for path in item.unreadable]
     return AnalyzeSummary(
         frames=totals.frames, faces=totals.faces, seconds=round(seconds, 3),
         frames_per_s=round(totals.frames / seconds, 2) if seconds > 0 else 0.0, labels=totals.labels,
-        outputs=outputs, model=used, detector=detector.name, frames_read=totals.frames_read,
+        outputs=outputs, model=used, detector=detector, frames_read=totals.frames_read,
         frames_without_faces=totals.frames_without_faces, faces_over_limit=totals.faces_over_limit,
-        inputs=len(inputs), unreadable=unreadable[:UNREADABLE_LISTED], unreadable_count=len(unreadable),
+        inputs=len(inputs), unreadable=totals.unreadable, unreadable_count=totals.unreadable_count,
         rows=rows.rows if rows else None, session_id=request.session_id if store else None,
         events_stored=store.recorded if store else None, startup_s=round(startup_s, 3))
+
+
+def _open_sinks(settings: Settings, request: AnalyzeRequest, inputs: list[Input], config: PipelineConfig) -> dict:
+    """The sinks the request asks for, by name; any that opened are closed again if a later one fails."""
+    sinks: dict = {}
+    try:
+        if request.out is not None:
+            sinks["rows"] = RowWriter(request.out)
+        if request.annotate is not None:
+            try:
+                sinks["annotate"] = Annotator(request.annotate, inputs)
+            except ValueError as exc:
+                raise AnalyzeError(str(exc)) from None
+            sinks["report"] = ReportData()
+        if request.store:
+            sinks["store"] = _open_store(settings, request.session_id, inputs, config)
+    except BaseException:
+        _close_all(sinks)
+        raise
+    return sinks
+
+
+def _close_all(sinks: dict) -> None:
+    for sink in sinks.values():
+        sink.close()
 
 
 def _open_store(settings: Settings, session_id: str, inputs: list[Input], config: PipelineConfig):

@@ -12,7 +12,6 @@ message (`emotion capture: error: …`) out of its log, so `up` can show it on t
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -26,11 +25,11 @@ from pathlib import Path
 import redis
 
 from shared.heartbeats import read_heartbeats
+from shared.lifetime import exit_with_parent
 from shared.streams import Keys
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 LOG_TAIL_BYTES = 16_384
 
 
@@ -38,14 +37,7 @@ def _die_with_parent(parent_pid: int):
     """A preexec_fn that makes the child receive SIGTERM when its parent exits (Linux only)."""
     if not sys.platform.startswith("linux"):
         return None
-
-    def prepare() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return prepare
+    return lambda: exit_with_parent(parent_pid)
 
 
 def failure_line(log_path: Path, returncode: int | None) -> str:

@@ -86,6 +86,8 @@ class AnalyzeSettings(_Section):
     tta: Literal["none", "flip", "ten-crop"] = Field(
         "ten-crop", description="test-time augmentation: none, flip (2 views) or ten-crop (10 views; models that "
                                 "see a central window of their crop, else flip)")
+    workers: int = Field(0, ge=0, le=64, description="`emotion analyze`: face-detection processes (0: one per CPU "
+                                                     "core)")
 
 
 class RecorderSettings(_Section):
