@@ -7,7 +7,8 @@ files as fast as the machine allows instead of paced by a camera) and where resu
 an annotated copy with a report, or a session in the event store).
 
     inputs.py    PATH arguments -> videos and image sets, and their frames
-    pipeline.py  read + detect on one thread, batched classification + smoothing on another
+    workers.py   face finding in one process per core (each reads the inputs itself)
+    pipeline.py  tracking, batched classification and smoothing, the sinks, in frame order
     rows.py      one row per face per frame, written as CSV, JSON lines or Parquet
     annotate.py  the video (or images) with boxes, track ids and labels drawn
     report.py    the three charts (emotions over time, shares, per-track timeline) as HTML and PNG

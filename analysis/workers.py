@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -129,8 +130,17 @@ class DetectWorkers:
                                                  self._queues[k], self._stop, os.getpid()))
                            for k in range(self.count)]
         self.detector = ""
-        for process in self._processes:
-            process.start()
+        # Born ignoring SIGINT (an ignored signal stays ignored across exec, and Python then installs no
+        # KeyboardInterrupt handler): Ctrl+C in the terminal reaches the whole group, and only the main
+        # process should act on it, also while a worker is still importing.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        try:
+            for process in self._processes:
+                process.start()
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
 
     def _get(self, k: int):
         while True:
