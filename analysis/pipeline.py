@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -66,8 +67,9 @@ class PipelineConfig:
     base_ms: int  # the run's clock: a frame at video time t is captured at base_ms + t
     every: int = 1
     keep_images: bool = False  # sinks need the pixels (annotation)
-    batch_faces: int = 64  # faces per model call
-    batch_frames: int = 32  # frames held at most while a batch fills (bounds memory)
+    batch_faces: int = 32  # faces per model call, always (a call of another size re-plans the interpreter)
+    held_frames: int = 64  # frames held at most while a batch fills (then it is classified padded)
+    held_bytes: int = 256 << 20  # pixels held at most (annotation keeps each frame's until it is drawn)
 
     @property
     def image_step_ms(self) -> int:
@@ -105,6 +107,7 @@ class _Pending:
     frame: Frame
     faces: list[FaceMessage]
     over_limit: int
+    probabilities: list[np.ndarray] = field(default_factory=list)  # one row per face, as they are classified
 
 
 _END = object()
@@ -163,34 +166,70 @@ class Pipeline:
         self.on_progress = on_progress
         self.totals = Totals()
         self._states: dict[str, TrackState] = {}
+        self._pending: deque[_Pending] = deque()
+        self._unclassified: deque[tuple[_Pending, FaceMessage]] = deque()
+        self._held_bytes = 0
 
     # --- classification and emission -------------------------------------------------------
+    #
+    # Frames wait in `_pending` (in order) and their faces in `_unclassified` until a full batch of
+    # `batch_faces` faces can go through the model; then every leading frame whose faces all have
+    # their probabilities is smoothed and emitted. The interpreter sees one batch size only: each new
+    # size costs a re-plan (AllocateTensors, ~0.1 s measured here), more than the inference itself.
 
-    def _classify(self, batch: list[_Pending]) -> None:
+    def _add(self, item: _Pending) -> None:
         config = self.config
-        faces = [face for item in batch for face in item.faces]
-        if faces:
-            crops = np.stack([face.crop_array() for face in faces])
-            probabilities = config.model.predict_tta(crops, config.tta)
-            if not np.all(np.isfinite(probabilities)):
-                raise ValueError("the model produced non-finite probabilities")
-        start = 0
-        for item in batch:
+        self._pending.append(item)
+        self._unclassified.extend((item, face) for face in item.faces)
+        if item.frame.image is not None:
+            self._held_bytes += item.frame.image.nbytes
+        while len(self._unclassified) >= config.batch_faces:
+            self._infer()
+        if len(self._pending) > config.held_frames or self._held_bytes > config.held_bytes:
+            self._infer()  # sparse faces: do not hold frames back for a full batch
+        self._emit_ready()
+
+    def _infer(self) -> None:
+        """Classify up to `batch_faces` of the oldest waiting faces (padded with blank crops to that size)."""
+        config = self.config
+        take = [self._unclassified.popleft() for _ in range(min(config.batch_faces, len(self._unclassified)))]
+        if not take:
+            return
+        crops = np.stack([face.crop_array() for _, face in take])
+        if len(crops) < config.batch_faces:
+            crops = np.concatenate([crops, np.zeros((config.batch_faces - len(crops), *crops.shape[1:]), crops.dtype)])
+        probabilities = config.model.predict_tta(crops, config.tta)[:len(take)]
+        if not np.all(np.isfinite(probabilities)):
+            raise ValueError("the model produced non-finite probabilities")
+        for (item, _), row in zip(take, probabilities):
+            item.probabilities.append(row)
+
+    def _emit_ready(self) -> None:
+        config = self.config
+        emitted = False
+        while self._pending and len(self._pending[0].probabilities) == len(self._pending[0].faces):
+            item = self._pending.popleft()
+            if item.frame.image is not None:
+                self._held_bytes -= item.frame.image.nbytes
             events: list[EmotionEvent] = []
             if item.faces:
                 captured = item.faces[0].captured_ms
-                rows = probabilities[start:start + len(item.faces)]
-                start += len(item.faces)
                 # One call per frame, with the frame's own clock as the classification time: offline
                 # events carry the video's clock in every stage time (the store's latencies read 0).
-                events, updated = build_events(item.faces, rows, config.model.version, self._states,
-                                               config.tau_ms, now_ms=captured)
+                events, updated = build_events(item.faces, np.stack(item.probabilities), config.model.version,
+                                               self._states, config.tau_ms, now_ms=captured)
                 self._states.update(updated)
                 if len(self._states) > 256:
                     self._states = {k: s for k, s in self._states.items() if captured - s.at_ms <= STATE_KEEP_MS}
             self._emit(FrameResult(item.input, item.frame, events, item.over_limit))
-        if self.on_progress is not None:
+            emitted = True
+        if emitted and self.on_progress is not None:
             self.on_progress(self.totals)
+
+    def _flush(self) -> None:
+        while self._unclassified:
+            self._infer()
+        self._emit_ready()
 
     def _emit(self, result: FrameResult) -> None:
         totals = self.totals
@@ -217,8 +256,6 @@ class Pipeline:
         tracker = IoUTracker(settings.iou_threshold, settings.track_max_age_ms)
         self._states = {}  # track ids are per input
         frames = reader.frames() if reader is not None else None
-        batch: list[_Pending] = []
-        faces = 0
         for found in workers.results(index):
             if isinstance(found, InputEnd):
                 self.totals.frames_read += found.frames
@@ -228,7 +265,7 @@ class Pipeline:
                 for frame in frames:
                     if frame.index == found.frame_index:
                         break
-                    batch.append(_Pending(item, frame, [], 0))
+                    self._add(_Pending(item, frame, [], 0))
                 else:
                     raise WorkerError(f"{item_name(item)}: frame {found.frame_index} was detected but not read again")
             if found.faces is None:
@@ -239,15 +276,11 @@ class Pipeline:
             messages = track_faces(found.faces, tracker, config.model.preprocess, camera_id=item.camera_id,
                                    session_id=config.session_id, frame_id=found.frame_index, captured_ms=captured,
                                    detected_ms=captured)
-            batch.append(_Pending(item, frame, messages, found.faces.over_limit))
-            faces += len(messages)
-            if faces >= config.batch_faces or len(batch) >= config.batch_frames:
-                self._classify(batch)
-                batch, faces = [], 0
+            self._add(_Pending(item, frame, messages, found.faces.over_limit))
         if frames is not None:
-            batch.extend(_Pending(item, frame, [], 0) for frame in frames)  # skipped frames after the last one
-        if batch:
-            self._classify(batch)
+            for frame in frames:  # skipped frames after the last analysed one
+                self._add(_Pending(item, frame, [], 0))
+        self._flush()
 
     def run(self, inputs: Sequence[Input], workers: DetectWorkers) -> Totals:
         """Analyse every input; the sinks are closed at the end, also when it fails or is interrupted."""
