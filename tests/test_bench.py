@@ -75,3 +75,32 @@ def test_bench_helpers():
     assert percentiles(list(range(101)))["p95"] == 95.0
     text = format_table(("a", "bb"), [(1, None), (22, 3.5)])
     assert text.splitlines()[1] == "--  ---" and text.splitlines()[2].split() == ["1"]
+
+
+def _clip(tmp_path):
+    from tests.analysis_media import write_video
+
+    video = tmp_path / "clip.mp4"
+    write_video(video, frames=10, fps=15.0)
+    return video
+
+
+def test_analyze_bench_json_and_fer_skipped_cleanly_without_its_venv(bench_env, tmp_path):
+    env = {k: v for k, v in bench_env.items() if k != "FER_PYTHON"}
+    result = _bench(env, tmp_path, "analyze", "--video", str(_clip(tmp_path)), "--fer-python", "/nonexistent/python")
+    assert result["fer"] is None and "FER_PYTHON" in result["fer_skipped"]
+    assert result["ratio_frames_per_s"] is None and result["target_met"] is None
+    ours = result["ours"]
+    assert ours["frames"] == 10
+    if ours["detector"] == "yunet":
+        assert ours["faces"] == 20 and ours["frames_with_faces"] == 10  # two pasted faces per frame
+    assert ours["frames_per_s"] > 0 and ours["wall_s"] > 0 and ours["cpu_s"] > 0
+    assert {"date", "machine", "commit", "command"} <= set(result["run"])
+
+
+@pytest.mark.skipif(not os.environ.get("FER_PYTHON"), reason="set FER_PYTHON to a virtualenv with fer (bench/README.md)")
+def test_analyze_bench_runs_fer_on_the_same_video(bench_env, tmp_path):
+    result = _bench({**bench_env, "FER_PYTHON": os.environ["FER_PYTHON"]}, tmp_path, "analyze", "--plain",
+                    "--video", str(_clip(tmp_path)))
+    assert result["fer"]["frames"] == result["ours"]["frames"] == 10
+    assert result["fer"]["faces"] > 0 and result["ratio_frames_per_s"] > 0

@@ -1,4 +1,5 @@
-"""`emotion bench ...`: measure the classifier, the detector, the whole pipeline, scaling and training.
+"""`emotion bench ...`: measure the classifier, the detector, the whole pipeline, scaling, training and
+offline analysis (against the fer package).
 
 Each subcommand parses its flags and calls one `bench.*` entry point; with --json the last stdout
 line is one JSON object (the table goes to stderr). Results and targets: bench/README.md.
@@ -108,8 +109,14 @@ def cmd_training(args) -> int:
     return _emit(module, result, args)
 
 
+def cmd_analyze(args) -> int:
+    module = _bench("analyze_bench")
+    result = module.run_analyze_bench(args.video, args.fer_python, not args.plain, args.repeats)
+    return _emit(module, result, args)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="benchmarks: classifier, detector, pipeline, scaling, training")
+    bench = sub.add_parser("bench", help="benchmarks: classifier, detector, pipeline, scaling, training, analyze")
     kinds = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
     fer_help = "FER-2013 archive for real faces (default ../shared/data/fer2013/...; demo crops when absent)"
 
@@ -165,3 +172,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None, help="FER-2013 training archive (default ../shared/...)")
     common(p)
     p.set_defaults(func=cmd_training)
+
+    p = kinds.add_parser("analyze", help="emotion analyze against the fer package on the same video, same run")
+    _bench("analyze_bench").add_arguments(p)
+    p.set_defaults(func=cmd_analyze)
