@@ -1,8 +1,12 @@
 """The entry point of `emotion analyze`: an `AnalyzeRequest` in, an `AnalyzeSummary` out.
 
 Everything a user can get wrong (a missing PATH, an output folder that does not exist, an unknown
---out suffix, a store that does not answer) is checked before the first frame is read, and raised as
-`AnalyzeError` with one line that says what to fix.
+--out suffix, an output that would overwrite an input, a store that does not answer) is checked before
+the first frame is read, and raised as `AnalyzeError` with one line that says what to fix.
+
+The detection workers are started with multiprocessing's `spawn`, which imports the calling script
+again: a script that calls `analyze` must do so under `if __name__ == "__main__":` (the `emotion`
+command does).
 """
 
 from __future__ import annotations
@@ -97,6 +101,13 @@ def _check_outputs(request: AnalyzeRequest) -> None:
             raise AnalyzeError(f"--out {request.out} is a folder; give a file name ending in .csv, .jsonl or .parquet")
 
 
+def _check_not_inputs(request: AnalyzeRequest, inputs: list[Input]) -> None:
+    read = {Path(p).resolve() for item in inputs for p in ([item.path] if item.kind == "video" else item.paths)}
+    for flag, path in (("--out", request.out), ("--annotate", request.annotate)):
+        if path is not None and Path(path).expanduser().resolve() in read:
+            raise AnalyzeError(f"{flag} {path} is one of the inputs: it would be overwritten while it is read")
+
+
 def load_model(settings: Settings, requested: Literal["fast", "accurate"]) -> tuple[EmotionModel, ModelUsed]:
     """The current model of the requested role (no Redis: the registry's own files say which), with
     who answered: the accurate role falls back to the fast default while no accurate model is installed."""
@@ -125,6 +136,7 @@ def analyze(settings: Settings, request: AnalyzeRequest, progress_stream: TextIO
         inputs = expand(request.paths)
     except InputError as exc:
         raise AnalyzeError(str(exc)) from None
+    _check_not_inputs(request, inputs)
     model, used = load_model(settings, request.model_role or settings.analyze.model_role)
     config = PipelineConfig(detector_settings=settings.detector, model=model, tta=used.tta,
                             tau_ms=settings.classifier.smoothing_tau_ms, session_id=request.session_id, base_ms=0,

@@ -189,6 +189,7 @@ def test_store_records_a_session_the_dashboard_queries_return(backend, clip, env
     (["{tmp}/photos", "--annotate", "{tmp}/photos.mp4"], "a video file holds the annotated copy of one video"),
     (["{tmp}/empty"], "holds no image"),
     (["{video}", "--every", "0"], "must be at least 1"),
+    (["{video}", "--annotate", "{video}"], "is one of the inputs"),
     (["{video}", "--store", "--database-url", "postgresql+psycopg://postgres@127.0.0.1:1/none"], "--store: event store"),
 ])
 def test_user_mistakes_are_one_line_and_exit_2(args, message, clip, env, tmp_path):
