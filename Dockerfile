@@ -48,6 +48,7 @@ COPY shared ./shared
 COPY services ./services
 COPY trainer ./trainer
 COPY emotion ./emotion
+COPY analysis ./analysis
 RUN pip install --no-cache-dir --no-deps . \
  && emotion --help >/dev/null
 
@@ -105,6 +106,7 @@ COPY shared ./shared
 COPY services ./services
 COPY trainer ./trainer
 COPY emotion ./emotion
+COPY analysis ./analysis
 RUN python -m pip install --no-cache-dir ".[train]" \
  && python -c "import tensorflow as tf; print('TensorFlow', tf.__version__)" \
  && emotion --help >/dev/null

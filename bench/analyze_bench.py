@@ -143,26 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from bench.common import emit
+    from emotion.commands.bench import analyze_arguments
 
     parser = argparse.ArgumentParser(prog="python -m bench.analyze_bench", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    analyze_arguments(parser)
     args = parser.parse_args(argv)
     result = run_analyze_bench(args.video, args.fer_python, not args.plain, args.repeats)
-    result["run"] = run_info(argv, program="python -m bench.analyze_bench")
+    result["run"] = run_info(argv if argv is not None else sys.argv[1:], program="python -m bench.analyze_bench")
     emit(result, table(result), args.json)
     return 0
-
-
-def add_arguments(parser) -> None:
-    from emotion.arguments import at_least_one
-
-    parser.add_argument("--video", type=Path, default=None,
-                        help=f"the video both tools analyse (default {DEFAULT_VIDEO})")
-    parser.add_argument("--fer-python", default=None,
-                        help="python of a virtualenv with fer installed (default $FER_PYTHON; fer is skipped without)")
-    parser.add_argument("--plain", action="store_true", help="rows only: no annotated video on either side")
-    parser.add_argument("--repeats", type=at_least_one, default=1, help="runs of each tool; the median is reported")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line")
 
 
 if __name__ == "__main__":

@@ -174,5 +174,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_training)
 
     p = kinds.add_parser("analyze", help="emotion analyze against the fer package on the same video, same run")
-    _bench("analyze_bench").add_arguments(p)
+    analyze_arguments(p)
     p.set_defaults(func=cmd_analyze)
+
+
+def analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the analyze benchmark (also `python -m bench.analyze_bench`'s)."""
+    parser.add_argument("--video", type=Path, default=None,
+                        help="the video both tools analyse (default Debian opencv-doc's examples/data/Megamind.avi)")
+    parser.add_argument("--fer-python", default=None,
+                        help="python of a virtualenv with fer installed (default $FER_PYTHON; fer is skipped without)")
+    parser.add_argument("--plain", action="store_true", help="rows only: no annotated video on either side")
+    parser.add_argument("--repeats", type=at_least_one, default=1, help="runs of each tool; the median is reported")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last stdout line")
