@@ -112,7 +112,7 @@ def load_model(settings: Settings, requested: Literal["fast", "accurate"]) -> tu
     """The current model of the requested role (no Redis: the registry's own files say which), with
     who answered: the accurate role falls back to the fast default while no accurate model is installed."""
     directory = registry_from(settings, None, requested).current_dir()
-    # One thread: the detector holds the other core (see analysis.pipeline).
+    # One thread: the detection workers keep the cores busy (see analysis.workers).
     model = EmotionModel(directory, threads=1)
     fallback = requested == "accurate" and Path(directory).resolve() == Path(settings.default_model_dir).resolve()
     tta: TtaMode = settings.analyze.tta
