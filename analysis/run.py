@@ -27,7 +27,7 @@ from analysis.progress import Progress
 from analysis.workers import DetectWorkers
 from analysis.report import ReportData, write_report
 from analysis.rows import RowWriter, output_format
-from shared.bootstrap import registry_from
+from shared.bootstrap import answering_role, registry_from
 from shared.model_runtime import EmotionModel, TtaMode
 from shared.settings import Settings
 
@@ -114,12 +114,9 @@ def load_model(settings: Settings, requested: Literal["fast", "accurate"]) -> tu
     directory = registry_from(settings, None, requested).current_dir()
     # One thread: the detection workers keep the cores busy (see analysis.workers).
     model = EmotionModel(directory, threads=1)
-    fallback = requested == "accurate" and Path(directory).resolve() == Path(settings.default_model_dir).resolve()
-    tta: TtaMode = settings.analyze.tta
-    if tta == "ten-crop" and model.preprocess.network_side >= model.preprocess.input_size:
-        tta = "flip"  # predict_tta gives a model that sees its whole crop the flip views only
-    return model, ModelUsed(version=model.version, role="fast" if fallback else requested, requested_role=requested,
-                            tta=tta, directory=str(directory))
+    return model, ModelUsed(version=model.version, role=answering_role(settings, directory, requested),
+                            requested_role=requested, tta=model.effective_tta(settings.analyze.tta),
+                            directory=str(directory))
 
 
 def _clock_base(inputs: list[Input], config: PipelineConfig, started_ms: int) -> int:

@@ -53,3 +53,10 @@ def service_main(name: str, run: Callable[[Settings], int]) -> NoReturn:
         print(f"{name}: error: {exc}", file=sys.stderr)
         code = 2
     sys.exit(code)
+
+
+def answering_role(settings: Settings, directory: Path, requested: Role) -> Role:
+    """The role whose model `directory` is: the accurate role answers with the fast default model while
+    no accurate model is installed, and that should be said, not hidden."""
+    fallback = requested == "accurate" and Path(directory).resolve() == Path(settings.default_model_dir).resolve()
+    return "fast" if fallback else requested

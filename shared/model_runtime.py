@@ -169,6 +169,12 @@ class EmotionModel:
         offset = (crops.shape[1] - side) // 2
         return self._invoke(crops[:, offset:offset + side, offset:offset + side])
 
+    def effective_tta(self, mode: TtaMode) -> TtaMode:
+        """The views `predict_tta(mode)` really takes: ten-crop needs a network window smaller than the crop."""
+        if mode == "ten-crop" and self.preprocess.network_side >= self.preprocess.input_size:
+            return "flip"
+        return mode
+
     def predict_tta(self, crops: np.ndarray, mode: TtaMode = "flip") -> np.ndarray:
         """Mean prediction over views of each crop: "flip" (the crop and its mirror), or "ten-crop"
         (the four corners and the centre of a network-sized window, each mirrored too; a model that

@@ -212,8 +212,17 @@ def test_analyze_answers_with_the_analyze_role_and_its_tta(dash_settings, redis_
     finally:
         ctx.close()
     answer = _post(_app(settings).server.test_client(), face_png.read_bytes()).get_json()
-    assert (answer["model_version"], answer["model_role"], answer["tta"]) == ("accurate-test", "accurate", tta)
+    ran = "flip" if tta == "ten-crop" else tta  # this model sees its whole crop: ten-crop has only flip views
+    assert (answer["model_version"], answer["model_role"], answer["tta"]) == ("accurate-test", "accurate", ran)
     assert answer["faces"]
+
+
+def test_analyze_says_the_fast_model_answered_while_no_accurate_model_is_installed(dash_settings, redis_client,
+                                                                                    tmp_path, face_png):  # noqa: F811
+    settings = dash_settings.model_copy(update={"accurate_model_dir": tmp_path / "not installed"})
+    answer = _post(_app(settings).server.test_client(), face_png.read_bytes()).get_json()
+    assert answer["model_role"] == "fast" and answer["model_version"] == read_metadata(
+        settings.default_model_dir).version
 
 
 def test_api_analyze_without_a_model_is_503(settings, redis_client, tmp_path, face_png):  # noqa: F811

@@ -23,7 +23,7 @@ from redis.retry import Retry
 
 from services.dashboard.live import EventWindow
 from shared.redis_conn import REDIS_DOWN_ERRORS, redact
-from shared.bootstrap import registry_from
+from shared.bootstrap import answering_role, registry_from
 from shared.registry import ModelRegistry, Role
 from shared.settings import Settings
 from shared.streams import Keys
@@ -142,8 +142,9 @@ class DashboardContext:
         with self._model_lock:
             if self._model is None or self._model_dir != directory:
                 try:
-                    self._model = _LockedModel(EmotionModel(directory), self.settings.analyze.model_role,
-                                               self.settings.analyze.tta)
+                    model = EmotionModel(directory)
+                    role = answering_role(self.settings, directory, self.settings.analyze.model_role)
+                    self._model = _LockedModel(model, role, model.effective_tta(self.settings.analyze.tta))
                 except ModelError as exc:
                     raise SourceUnavailable(str(exc)) from None
                 self._model_dir = directory
