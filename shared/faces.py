@@ -22,7 +22,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -301,6 +301,7 @@ class IoUTracker:
     iou_threshold: float = 0.3
     max_age_ms: int = 1500
     velocity_smoothing: float = 0.5  # weight of the newest velocity measurement
+    new_id: Callable[[], int] | None = None  # where new track ids come from (default: 1, 2, 3, ...)
     _tracks: list[_Track] = field(default_factory=list)
     _next_id: int = 1
 
@@ -334,8 +335,11 @@ class IoUTracker:
                 track = self._tracks[assigned[bi]]
                 self._move(track, box, now_ms)
             else:
-                track = _Track(self._next_id, box, now_ms)
-                self._next_id += 1
+                if self.new_id is not None:
+                    track = _Track(self.new_id(), box, now_ms)
+                else:
+                    track = _Track(self._next_id, box, now_ms)
+                    self._next_id += 1
                 self._tracks.append(track)
             ids.append(track.track_id)
         return ids

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Literal
 
 import os
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.streams import MAX_SHARDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +52,8 @@ class CaptureSettings(_Section):
     max_width: int = Field(1280, ge=64, description="frames wider than this are downscaled before encoding")
     shed_lag: int = Field(30, ge=1, description="drop new frames while the detector is this many frames behind")
     reconnect_max_s: float = Field(30.0, gt=0, description="cap of the reconnect backoff for network sources")
+    shard: int | None = Field(None, ge=0, description="the shard this camera's frames go to (below EMOTION_SHARDS); "
+                                                      "default: a stable hash of the camera id")
 
 
 class DetectorSettings(_Section):
@@ -66,6 +71,9 @@ class DetectorSettings(_Section):
     min_neighbors: int = Field(5, ge=1, description="haar: overlapping hits needed for a face")
     iou_threshold: float = Field(0.3, gt=0, lt=1, description="IoU with a track's predicted box that continues it")
     track_max_age_ms: int = Field(1500, ge=1, description="a track unseen this long is closed")
+    lease_ttl_ms: int = Field(5000, ge=500, le=300_000, description="a replica owns a shard's frames by a lease it "
+                                                                   "renews every second; one that stops renewing "
+                                                                   "loses the shard to a standby after this long")
 
 
 class ClassifierSettings(_Section):
@@ -130,6 +138,12 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///emotion.sqlite",
                               validation_alias=AliasChoices("EMOTION_DATABASE_URL", "DATABASE_URL"),
                               description="SQLAlchemy URL of the event store (SQLite file or PostgreSQL)")
+    redis_cluster: bool = Field(False, description="REDIS_URL seeds a Redis Cluster client (redis-py RedisCluster) "
+                                                   "instead of a single-node one")
+    shards: int = Field(1, ge=1, le=MAX_SHARDS, description="streams are split by camera into this many shards, each "
+                                                            "in one cluster slot; the same on every service")
+    queue_redis_url: str | None = Field(None, description="single-node Redis of the RQ training queue (default: "
+                                                          "REDIS_URL; required with redis_cluster, RQ needs one node)")
     prefix: str = Field("emotion", pattern=r"^[A-Za-z0-9_.-]+$", description="prefix of every Redis key and stream")
     registry_dir: Path = Field(Path("registry"), description="versioned model registry directory")
     default_model_dir: Path = Field(REPO_ROOT / "models" / "default",
@@ -150,12 +164,24 @@ class Settings(BaseSettings):
     recorder: RecorderSettings = RecorderSettings()
     dashboard: DashboardSettings = DashboardSettings()
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "queue_redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> "Settings":
+        if self.redis_cluster and self.redis_url.startswith("unix://"):
+            raise ValueError("redis_cluster: a Redis Cluster is reached over TCP: REDIS_URL must be redis:// or "
+                             "rediss:// (host:port of any of its nodes)")
+        if self.redis_cluster and urlsplit(self.redis_url).path.strip("/") not in ("", "0"):
+            raise ValueError("redis_cluster: a Redis Cluster has only database 0: end REDIS_URL with /0 or nothing")
+        if self.capture.shard is not None and self.capture.shard >= self.shards:
+            raise ValueError(f"capture.shard: {self.capture.shard} is not a shard of {self.shards} (EMOTION_SHARDS); "
+                             f"shards are numbered from 0")
+        return self
 
     @model_validator(mode="after")
     def _no_unknown_environment(self) -> "Settings":

@@ -16,7 +16,13 @@ Guarantees:
   XAUTOCLAIMs entries other consumers left idle for `claim_idle_ms` (a replica killed with -9);
 - SIGTERM/SIGINT: finish the batch in hand, ack, exit 0 (a second signal exits at once);
 - every `claim_interval_s` it also applies the retention rule of the stream it reads and of those it
-  published to: an entry a declared group has not acknowledged is never trimmed (shared/retention.py).
+  published to: an entry a declared group has not acknowledged is never trimmed (shared/retention.py);
+- with a `fence` (the lease of a shard only one replica may work on, shared/leases.py) every commit
+  is made under WATCH of the lease; once the lease names another replica nothing more is committed
+  and the loop stops, leaving its unacknowledged entries to the new owner.
+
+One worker reads one stream; a replica serving several shards runs one worker per shard
+(shared/sharded.py), which then writes the replica's heartbeat instead of each worker (`heartbeats`).
 
 Overlap: a processor that splits `handle` into `prepare` (the heavy part, e.g. inference, which
 releases the GIL) and `finish` gets its batches pipelined on new entries: batch N+1 is read and its
@@ -42,6 +48,7 @@ from typing import Generic, Sequence
 
 import redis
 
+from shared.leases import Fence, FenceLost
 from shared.processor import M, Outbound, Processor, TransientError
 from shared.redis_conn import REDIS_DOWN_ERRORS
 from shared.retention import apply_retention
@@ -97,7 +104,7 @@ def default_consumer_name(service: str) -> str:
 class StreamWorker(Generic[M]):
     def __init__(self, client: redis.Redis, processor: Processor[M], *, service: str, stream: str, group: str,
                  keys: Keys, settings: WorkerSettings, consumer: str | None = None,
-                 streams: StreamTable | None = None) -> None:
+                 streams: StreamTable | None = None, heartbeats: bool = True, fence: Fence | None = None) -> None:
         self.client = client
         self.processor = processor
         self.service = service
@@ -108,6 +115,8 @@ class StreamWorker(Generic[M]):
         self.consumer = consumer or default_consumer_name(service)
         # What each stream we read or publish may hold: XADD options, and the retention step.
         self.streams = streams or StreamTable(keys)
+        self.heartbeats = heartbeats  # False: the replica running this worker writes the heartbeat
+        self.fence = fence
         self._published: set[str] = set()
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
@@ -160,6 +169,11 @@ class StreamWorker(Generic[M]):
                     log.warning("event=redis_down service=%s error=%r retry_in_s=%.1f", self.service, exc, backoff)
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, self.settings.backoff_max_s)
+                except FenceLost as exc:
+                    log.warning("event=fence_lost service=%s consumer=%s stream=%s: %s", self.service,
+                                self.consumer, self.stream, exc)
+                    self._in_flight = None  # not acknowledged: the new owner processes it
+                    break
                 except TransientError as exc:
                     self.stats.transient_errors += 1
                     log.warning("event=transient_error service=%s error=%s retry_in_s=%.1f", self.service, exc, backoff)
@@ -182,10 +196,12 @@ class StreamWorker(Generic[M]):
     def _teardown(self) -> None:
         try:
             self._flush()  # warm stop: the batch in hand is finished and acknowledged
-        except (TransientError, *REDIS_DOWN_ERRORS) as exc:
+        except (TransientError, FenceLost, *REDIS_DOWN_ERRORS) as exc:
             # Not acknowledged, so still pending: this consumer (restarted) or a reclaim takes it.
             self._in_flight = None
             log.warning("event=stop_with_pending service=%s error=%r", self.service, exc)
+        if not self.heartbeats:
+            return
         try:
             self.client.delete(self.keys.heartbeat(self.service, self.consumer))
         except REDIS_DOWN_ERRORS:
@@ -206,7 +222,7 @@ class StreamWorker(Generic[M]):
     def step(self) -> int:
         """Heartbeat, reclaim, read one batch and process it; returns the number of entries handled."""
         now = time.monotonic()
-        if now - self._last_heartbeat >= 1.0:
+        if self.heartbeats and now - self._last_heartbeat >= 1.0:
             self._heartbeat()
             self._last_heartbeat = now
         if self._retry_entries is not None:
@@ -412,6 +428,8 @@ class StreamWorker(Generic[M]):
     def _commit(self, outputs: list[Outbound], done_ids: list[bytes], dead: list[tuple[bytes, Fields, str]]) -> None:
         """Publish outputs, dead letters and XACKs atomically (MULTI/EXEC)."""
         pipe = self.client.pipeline(transaction=True)
+        if self.fence is not None:
+            self._watch_fence(pipe)
         for out in outputs:
             pipe.xadd(out.stream, out.fields, **self._xadd_options(out.stream))
         dead_stream = self.keys.dead(self.stream)
@@ -436,10 +454,23 @@ class StreamWorker(Generic[M]):
         self.processor.stage_writes(pipe)
         for name, amount in self.processor.counters.take().items():
             pipe.hincrby(stats_key, name, amount)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.WatchError:
+            raise FenceLost(f"{self.fence.key} changed while committing") from None
         self._published.update(out.stream for out in outputs)
         self.stats.outputs += len(outputs)
         self.stats.dead += len(dead)
+
+    def _watch_fence(self, pipe) -> None:
+        """WATCH the lease, check it is still ours, then start the transaction: EXEC fails if the lease
+        changes hands before it."""
+        pipe.watch(self.fence.key)
+        owner = pipe.get(self.fence.key)
+        if owner is None or owner.decode() != self.fence.token:
+            pipe.reset()
+            raise FenceLost(f"{self.fence.key} is held by {owner.decode() if owner else 'nobody'}, not by us")
+        pipe.multi()
 
     def _xadd_options(self, stream: str) -> dict:
         spec = self.streams.spec(stream)

@@ -48,7 +48,7 @@ def test_keys_share_one_prefix():
     names = [keys.frames, keys.faces, keys.events, keys.dead(keys.frames), keys.model_current,
              keys.heartbeat("detector", "c1"), keys.stats("capture"), keys.track("cam", 3)]
     assert all(n.startswith("dep1:") for n in names)
-    assert keys.dead(keys.faces) == "dep1:faces:dead"
+    assert keys.dead(keys.faces) == "dep1:{0}:faces:dead"
 
 
 def test_misspelt_environment_variable_is_rejected(monkeypatch):

@@ -21,7 +21,8 @@ def cmd_up(args) -> int:
     from emotion.up import UpOptions, exit_code, run_up
 
     settings = _settings()
-    options = UpOptions(sources=args.source or ["demo"], classifiers=args.classifiers, duration_s=args.duration,
+    options = UpOptions(sources=args.source or ["demo"], classifiers=args.classifiers, detectors=args.detectors,
+                        duration_s=args.duration,
                         dashboard=not args.no_dashboard, worker=args.worker, recorder=not args.no_recorder,
                         dashboard_port=args.port, open_report=False)
     summary = run_up(settings, options)
@@ -49,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="run the whole pipeline as local processes")
     p.add_argument("--source", action="append", help="a source per camera (repeatable; default: demo)")
     p.add_argument("--classifiers", type=at_least_one, default=1, help="classifier replicas (default 1)")
+    p.add_argument("--detectors", type=at_least_one, default=1,
+                   help="detector replicas (default 1): each serves the shards it leases, spares wait on standby "
+                        "(EMOTION_SHARDS sets the number of shards)")
     p.add_argument("--duration", type=positive_seconds, default=None, help=duration_help)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("--no-dashboard", action="store_true", help="do not start the dashboard")

@@ -51,10 +51,12 @@ SERVICES = (
         Flag("--camera-id", "name of this camera (letters, digits, _.:-)", setting="capture.camera_id", required=True),
         Flag("--fps", "frames per second to publish (default 15)", setting="capture.fps", type=float),
         Flag("--loop", "restart file sources at their end", setting="capture.loop", switch=True),
+        Flag("--shard", "the shard this camera's frames go to (0 to EMOTION_SHARDS-1; default: a hash of the camera id)",
+             setting="capture.shard", type=int),
         Flag("--session", "session id (default: a new one)", run_option="session_id"),
         Flag("--max-frames", "stop after this many frames", run_option="max_frames", type=at_least_one),
         Flag("--json", "print capture statistics as JSON at the end", run_option="print_json", switch=True))),
-    Service("detector", "find and crop faces (consumer group detector)"),
+    Service("detector", "find and crop faces (consumer group detector; one replica per shard, spares on standby)"),
     Service("classifier", "classify faces (consumer group classifier)", (
         Flag("--threads", "inference threads", setting="classifier.threads", type=at_least_one),)),
     Service("recorder", "store emotion events in the SQL store (consumer group recorder)", (

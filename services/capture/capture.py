@@ -4,6 +4,10 @@ Capture is the one producer that is not a consumer-group worker. Under load it d
 (counted as `shed` in the stats hash and the returned summary) instead of blocking, and the frames
 stream is capped as the table of streams says (shared/streams.py): live frames are only worth
 processing while they are fresh.
+
+A camera publishes to one shard's frames stream (`capture.shard`, else a stable hash of its id:
+shared/streams.py), so all its frames reach the one detector replica that holds that shard; its
+counters go to that shard too, and the cameras hash says which shard it is in.
 """
 
 from __future__ import annotations
@@ -107,12 +111,14 @@ def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, sour
     stats = CaptureStats()
     interval = 1.0 / settings.fps
     next_due = time.monotonic()
+    keys = keys.of_shard(settings.shard if settings.shard is not None else keys.shard_of(camera_id))
     probe = LagProbe(client, keys.frames)
     heartbeat = Heartbeat(client, keys, camera_id, heartbeat_ttl_s)
     frames_options = StreamTable(keys).frames.xadd_options()
     backoff = 0.5
     client.hset(keys.cameras, camera_id, json.dumps({"source": redact(source.name), "session_id": session_id,
-                                                     "fps": settings.fps, "started_ms": stats.started_ms}))
+                                                     "fps": settings.fps, "started_ms": stats.started_ms,
+                                                     "shard": keys.shard}))
     heartbeat.beat(stats, source.name, force=True)
     for frame in source.frames:
         if stop.is_set() or (max_frames is not None and stats.frames_read >= max_frames):

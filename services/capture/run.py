@@ -13,6 +13,7 @@ from shared.bootstrap import redis_from
 from shared.errors import StartupError
 from shared.session import new_session_id
 from shared.settings import Settings
+from shared.shards import claim_layout
 from shared.streams import Keys
 
 
@@ -34,10 +35,11 @@ def run(settings: Settings, *, session_id: str | None = None, max_frames: int | 
     except SourceError as exc:
         raise StartupError(str(exc)) from None
     client = redis_from(settings)
+    claim_layout(client, Keys.of(settings))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stats = run_capture(client, Keys(settings.prefix), capture, source, camera_id=capture.camera_id,
+    stats = run_capture(client, Keys.of(settings), capture, source, camera_id=capture.camera_id,
                         session_id=session_id or new_session_id(), stop=stop, max_frames=max_frames,
                         heartbeat_ttl_s=settings.worker.heartbeat_ttl_s)
     if print_json:

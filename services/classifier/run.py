@@ -1,4 +1,5 @@
-"""Entry point of a classifier replica: settings -> Redis -> model -> StreamWorker(ClassifierProcessor)."""
+"""Entry point of a classifier replica: settings -> Redis -> model -> one StreamWorker(ClassifierProcessor)
+per shard of the faces stream (shared/sharded.py): replicas share every shard through its consumer group."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ from shared.bootstrap import redis_from, registry_from
 from shared.model_follower import ModelFollower
 from shared.model_runtime import EmotionModel
 from shared.settings import Settings
+from shared.sharded import ShardedReplica
+from shared.shards import claim_layout
 from shared.streams import CLASSIFIER_GROUP, Keys
 from shared.worker import StreamWorker
 from services.classifier.service import ClassifierProcessor, RedisTrackStore
 
 
-def build_worker(settings: Settings, client, consumer: str | None = None) -> StreamWorker:
-    keys = Keys(settings.prefix)
+def build_worker(settings: Settings, client, consumer: str | None = None, shard: int = 0) -> StreamWorker:
+    """The loop over one shard's faces, with its own model instance (a LiteRT interpreter serves one
+    thread at a time, and each shard's worker runs on its own)."""
+    keys = Keys.of(settings).of_shard(shard)
     registry = registry_from(settings, client, settings.classifier.model_role)
     model_dir = registry.current_dir()
     threads = settings.classifier.threads
@@ -27,12 +32,19 @@ def build_worker(settings: Settings, client, consumer: str | None = None) -> Str
                                                                     "batch_wait_ms": settings.classifier.batch_wait_ms}))
 
 
+def build_replica(settings: Settings, client, consumer: str | None = None) -> ShardedReplica:
+    return ShardedReplica(client, Keys.of(settings), service="classifier", settings=settings.worker, consumer=consumer,
+                          make_worker=lambda shard, name: build_worker(settings, client, name, shard))
+
+
 def check(settings: Settings) -> dict:
     return {"threads": settings.classifier.threads, "batch_size": settings.classifier.batch_size,
-            "flip_tta": settings.classifier.flip_tta}
+            "flip_tta": settings.classifier.flip_tta, "shards": settings.shards}
 
 
 def run(settings: Settings) -> int:
-    worker = build_worker(settings, redis_from(settings))
-    worker.install_signal_handlers()
-    return worker.run()
+    client = redis_from(settings)
+    claim_layout(client, Keys.of(settings))
+    replica = build_replica(settings, client)
+    replica.install_signal_handlers()
+    return replica.run()

@@ -18,11 +18,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from services.dashboard.live import EventWindow
-from shared.redis_conn import REDIS_DOWN_ERRORS, redact
+from shared.redis_conn import REDIS_DOWN_ERRORS, Client, RedisUnavailable, connect, redact
 from shared.bootstrap import answering_role, registry_from
 from shared.registry import ModelRegistry, Role
 from shared.settings import Settings
@@ -41,10 +39,9 @@ class SourceUnavailable(RuntimeError):
 class DashboardContext:
     def __init__(self, settings: Settings, *, query_timeout_s: float = QUERY_TIMEOUT_S) -> None:
         self.settings = settings
-        self.keys = Keys(settings.prefix)
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_S,
-                                          socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0),
-                                          health_check_interval=10)
+        self.keys = Keys.of(settings)
+        self._redis: Client | None = None
+        self._redis_lock = threading.Lock()
         self.query_timeout_s = query_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard-query")
         self._lock = threading.Lock()
@@ -53,14 +50,38 @@ class DashboardContext:
         self._model_dir = None
         self._model_lock = threading.Lock()
         self._detector = None
-        self.events = EventWindow(self.redis, self.keys)
+        self._events: EventWindow | None = None
 
     # --- Redis ---------------------------------------------------------------------------------
 
-    def redis_call(self, fn: Callable[[redis.Redis], Any]) -> Any:
+    @property
+    def redis(self) -> Client:
+        """The client, made on first use: a cluster client contacts its seed when made, and a dashboard
+        must start (and show why it cannot read) while Redis is still away."""
+        with self._redis_lock:
+            if self._redis is None:
+                self._redis = connect(self.settings.redis_url, cluster=self.settings.redis_cluster,
+                                      socket_timeout=REDIS_TIMEOUT_S, connect_timeout=1.0, retries=0,
+                                      health_check_interval=10)
+            return self._redis
+
+    @property
+    def events(self) -> EventWindow:
+        """The last minute of events, shared by every browser (made with the client)."""
+        with self._redis_lock:
+            if self._events is not None:
+                return self._events
+        window = EventWindow(self.redis, self.keys)
+        with self._redis_lock:
+            self._events = self._events or window
+            return self._events
+
+    def redis_call(self, fn: Callable[[Client], Any]) -> Any:
         """Run `fn(client)`; an unreachable Redis becomes SourceUnavailable with a readable message."""
         try:
             return fn(self.redis)
+        except RedisUnavailable as exc:
+            raise SourceUnavailable(str(exc)) from None
         except REDIS_DOWN_ERRORS as exc:
             raise SourceUnavailable(f"Redis at {redact(self.settings.redis_url)} is not answering "
                                     f"({type(exc).__name__})") from None
@@ -109,7 +130,11 @@ class DashboardContext:
     # --- models ----------------------------------------------------------------------------------
 
     def registry(self, role: Role = "fast") -> ModelRegistry:
-        return registry_from(self.settings, self.redis, role)
+        try:
+            client = self.redis
+        except RedisUnavailable:
+            client = None  # the registry's CURRENT file says what to serve meanwhile
+        return registry_from(self.settings, client, role)
 
     def detector(self):
         with self._model_lock:
@@ -165,7 +190,8 @@ class DashboardContext:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.redis.close()
+        if self._redis is not None:
+            self._redis.close()
 
 
 class _LockedModel:

@@ -1,7 +1,8 @@
-"""Entry point of the recorder: settings -> store (migrated) -> Redis -> StreamWorker(RecorderProcessor).
+"""Entry point of the recorder: settings -> store (migrated) -> Redis -> one StreamWorker(RecorderProcessor)
+per shard of the events stream (shared/sharded.py), all writing to the one store.
 
-Also runs, in threads sharing the worker's stop flag, the retention loop and (only with the opt-in
-`recorder.keep_crops`) the crop recorder on the faces stream.
+Also runs, in threads sharing the replica's stop flag, the retention loop and (only with the opt-in
+`recorder.keep_crops`) the crop recorder on every shard of the faces stream.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from shared.errors import StartupError
 from shared.settings import Settings
 from shared.store import (StoreUnavailable, check_url, describe_db_error, is_unavailable, make_engine, migrate,
                           redact_url)
+from shared.redis_conn import Client
+from shared.sharded import ShardedReplica
+from shared.shards import claim_layout
 from shared.streams import CROPS_GROUP, RECORDER_GROUP, Keys
 from shared.worker import StreamWorker
 
@@ -47,31 +51,41 @@ def open_store(settings: Settings, wait_s: float = STORE_WAIT_S) -> Engine:
             delay = min(delay * 2, settings.worker.backoff_max_s)
 
 
-def build_worker(settings: Settings, client: redis.Redis, engine: Engine, consumer: str | None = None) -> StreamWorker:
-    keys = Keys(settings.prefix)
+def build_worker(settings: Settings, client: Client, engine: Engine, consumer: str | None = None,
+                 shard: int = 0) -> StreamWorker:
+    keys = Keys.of(settings).of_shard(shard)
     return StreamWorker(client, RecorderProcessor(engine), service="recorder", stream=keys.events,
                         group=RECORDER_GROUP, keys=keys, settings=settings.worker, consumer=consumer)
 
 
-def build_crop_worker(settings: Settings, client: redis.Redis, engine: Engine, consumer: str | None = None
-                      ) -> StreamWorker:
-    keys = Keys(settings.prefix)
+def build_crop_worker(settings: Settings, client: Client, engine: Engine, consumer: str | None = None,
+                      shard: int = 0) -> StreamWorker:
+    keys = Keys.of(settings).of_shard(shard)
     return StreamWorker(client, CropProcessor(engine), service="recorder-crops", stream=keys.faces,
                         group=CROPS_GROUP, keys=keys, settings=settings.worker, consumer=consumer)
 
 
-def drop_crop_group(client: redis.Redis, keys: Keys) -> None:
+def build_replica(settings: Settings, client: Client, engine: Engine, *, crops: bool = False) -> ShardedReplica:
+    build = build_crop_worker if crops else build_worker
+    return ShardedReplica(client, Keys.of(settings), service="recorder-crops" if crops else "recorder",
+                          settings=settings.worker,
+                          make_worker=lambda shard, name: build(settings, client, engine, name, shard))
+
+
+def drop_crop_group(client: Client, keys: Keys) -> None:
     """Without keep_crops, a crop group left by an earlier run must not hold the faces stream untrimmed."""
-    try:
-        if client.xgroup_destroy(keys.faces, CROPS_GROUP):
-            log.info("event=crop_group_removed stream=%s", keys.faces)
-    except redis.ResponseError:
-        pass  # no stream yet
+    for shard in keys.all_shards():
+        try:
+            if client.xgroup_destroy(shard.faces, CROPS_GROUP):
+                log.info("event=crop_group_removed stream=%s", shard.faces)
+        except redis.ResponseError:
+            pass  # no stream yet
 
 
 def check(settings: Settings) -> dict:
     check_url(settings.database_url)
-    return {"retention_days": settings.recorder.retention_days, "keep_crops": settings.recorder.keep_crops}
+    return {"retention_days": settings.recorder.retention_days, "keep_crops": settings.recorder.keep_crops,
+            "shards": settings.shards}
 
 
 def run(settings: Settings) -> int:
@@ -81,18 +95,19 @@ def run(settings: Settings) -> int:
     except StoreUnavailable as exc:
         raise StartupError(str(exc)) from None
     client = redis_from(settings)
-    worker = build_worker(settings, client, engine)
+    claim_layout(client, Keys.of(settings))
+    worker = build_replica(settings, client, engine)
     worker.install_signal_handlers()
     recorder = settings.recorder
     threads: list[threading.Thread] = [RetentionLoop(engine, recorder.retention_days, recorder.crop_max_age_days,
                                                      worker.stop_event)]
     if recorder.keep_crops:
-        crop_worker = build_crop_worker(settings, client, engine)
+        crop_worker = build_replica(settings, client, engine, crops=True)
         crop_worker.stop_event = worker.stop_event
         threads.append(threading.Thread(target=crop_worker.run, name="crops", daemon=True))
         log.warning("event=keep_crops face crops are stored in the event store for %d days", recorder.crop_max_age_days)
     else:
-        drop_crop_group(client, Keys(settings.prefix))
+        drop_crop_group(client, Keys.of(settings))
     for thread in threads:
         thread.start()
     try:
