@@ -166,12 +166,13 @@ class Supervisor:
 
 def heartbeat_pids(client: redis.Redis, keys: Keys) -> set[int]:
     """Process ids in the live heartbeats of every service (capture included) written from this host
-    (a Redis shared with other machines may hold the same pid for another process)."""
+    (a Redis shared with other machines may hold the same pid for another process), except those of
+    replicas still `starting` (a detector before it has taken its share of the shards)."""
     host = socket.gethostname()
     pids = set()
     for beat in read_heartbeats(client, keys):
         try:
-            if beat.get("host") == host:
+            if beat.get("host") == host and not beat.get("starting"):
                 pids.add(int(beat["pid"]))
         except (TypeError, ValueError, KeyError):
             continue

@@ -213,7 +213,8 @@ class YuNetDetector(_Backend):
 
 def _limit_openmp_threads(native_function, threads: int) -> None:
     """The wheel bundles its own libgomp, which by default starts one spinning thread per core; beside
-    the other services on a busy machine that made detection 10-50x slower here. Cap that copy only."""
+    the other services on a busy machine that made detection 10-50x slower here. Cap that copy only,
+    for the calling thread (omp_set_num_threads sets the calling thread's team size)."""
     import yuface
 
     libs = Path(yuface.__file__).resolve().parent.parent / "yuface.libs"

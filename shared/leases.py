@@ -6,9 +6,11 @@ with -9 stops renewing and loses its shards `ttl_ms` later. Renewal and release 
 first (a small Lua script on that one key, valid on Redis Cluster), so a replica never extends or
 deletes a lease that expired and was taken by another.
 
-The lease is also a fence: the worker loop commits a leased shard's batch under WATCH of the lease
-key, after checking it still names us (`Fence`), so a replica that stalled past its lease (and
-whose shard another replica took) cannot commit a batch the new owner processes too.
+Each acquisition also increments the shard's fencing counter (`Keys.lease_epoch`, same hash tag, in
+the same script), and the worker loop commits a leased shard's batch under WATCH of that counter,
+after checking it still holds the value its owner got (`Fence`): a replica that stalled past its
+lease, and whose shard another replica took, cannot commit a batch the new owner processes too. The
+counter, not the lease, is watched, because renewing the lease (PEXPIRE) counts as a change to WATCH.
 
 `fair_share` is the rule every replica applies to the same facts (the live replicas, who holds
 what) to decide how many shards it should hold: the counts differ by at most one, and replicas
@@ -28,6 +30,13 @@ from shared.stream_state import text
 from shared.streams import Keys
 
 log = logging.getLogger(__name__)
+
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return false
+"""
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -50,7 +59,8 @@ class FenceLost(RuntimeError):
 
 @dataclass(frozen=True)
 class Fence:
-    """Commit only while `key` holds `token` (the worker loop WATCHes it around its MULTI/EXEC)."""
+    """Commit only while `key` holds `token` (the worker loop WATCHes it around its MULTI/EXEC): the
+    fencing counter of a shard, and the value it had when this replica acquired the shard's lease."""
 
     key: str
     token: str
@@ -67,14 +77,16 @@ def fair_share(shards: int, me: str, held: dict[str, int]) -> int:
 class ShardLeases:
     def __init__(self, client: Client, keys: Keys, role: str, token: str, ttl_ms: int) -> None:
         self.client, self.keys, self.role, self.token, self.ttl_ms = client, keys, role, token, ttl_ms
+        self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self.epochs: dict[int, int] = {}  # the fencing counter's value of each lease we acquired
 
     def key(self, shard: int) -> str:
         return self.keys.of_shard(shard).lease(self.role)
 
     def fence(self, shard: int) -> Fence:
-        return Fence(self.key(shard), self.token)
+        return Fence(self.keys.of_shard(shard).lease_epoch(self.role), str(self.epochs[shard]))
 
     def holders(self) -> dict[int, str | None]:
         """The owner of every shard's lease (None: free)."""
@@ -84,7 +96,13 @@ class ShardLeases:
         return {shard: value.decode() if value else None for shard, value in enumerate(pipe.execute())}
 
     def acquire(self, shard: int) -> bool:
-        return bool(self.client.set(self.key(shard), self.token, nx=True, px=self.ttl_ms))
+        shard_keys = self.keys.of_shard(shard)
+        epoch = self._acquire(keys=[shard_keys.lease(self.role), shard_keys.lease_epoch(self.role)],
+                              args=[self.token, self.ttl_ms])
+        if epoch is None:
+            return False
+        self.epochs[shard] = int(epoch)
+        return True
 
     def renew(self, shard: int) -> bool:
         return bool(self._renew(keys=[self.key(shard)], args=[self.token, self.ttl_ms]))

@@ -39,6 +39,7 @@ from shared.worker import StreamWorker, WorkerStats, default_consumer_name
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 1.0
+ANNOUNCE_S = 0.3  # a leased replica's first round only announces it; the second comes this much later
 TICK_S = 0.1
 
 MakeWorker = Callable[[int, str], StreamWorker]
@@ -68,6 +69,7 @@ class ShardedReplica:
         self._extra: dict = {}  # processor fields of the last heartbeat, kept while on standby
         self._signals = 0
         self._last_beat = 0.0
+        self._rounds = 0
         self.failed: BaseException | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -120,7 +122,8 @@ class ShardedReplica:
             if running.error is not None:
                 self.failed = running.error
                 return
-        if time.monotonic() - self._last_beat >= HEARTBEAT_EVERY_S:
+        due = ANNOUNCE_S if self.leases is not None and self._rounds == 1 else HEARTBEAT_EVERY_S
+        if time.monotonic() - self._last_beat >= due:
             self._last_beat = time.monotonic()
             if self.leases is not None:
                 self._balance()
@@ -180,6 +183,7 @@ class ShardedReplica:
     # --- leases ------------------------------------------------------------------------------
 
     def _balance(self) -> None:
+        self._rounds += 1
         holders = self.leases.holders()
         for shard, running in self.running.items():
             if running.releasing:
@@ -205,6 +209,8 @@ class ShardedReplica:
             self.running[shard].releasing = True
             self.running[shard].worker.stop_event.set()
             return
+        if self._rounds == 1:
+            return  # announce ourselves first: replicas started together then split the shards at once
         free = [shard for shard, holder in holders.items() if holder is None and shard not in self.running]
         # Replicas start their search at different shards, so they rarely race for the same one.
         offset = sum(self.consumer.encode()) % max(1, len(free))
@@ -239,5 +245,8 @@ class ShardedReplica:
                 "shards": shards, "of_shards": self.keys.shards}
         if self.leases is not None:
             beat["standby"] = not shards
+            # Before its first chance to acquire, a replica only announces itself to its peers: it is
+            # not ready (`emotion up` waits for ready heartbeats) until it serves shards or stands by.
+            beat["starting"] = self._rounds < 2
         self.client.set(self.keys.heartbeat(self.service, self.consumer), json.dumps(beat),
                         ex=self.settings.heartbeat_ttl_s)

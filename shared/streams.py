@@ -137,6 +137,10 @@ class Keys:
         """Which replica of `role` (the detector) owns this shard: a string with a TTL."""
         return self._in_shard(f"lease:{role}")
 
+    def lease_epoch(self, role: str) -> str:
+        """Counter incremented at every acquisition of the lease: what commits are fenced with."""
+        return self._in_shard(f"lease-epoch:{role}")
+
     # --- keys of the whole deployment -------------------------------------------------------------
 
     @property

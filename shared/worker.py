@@ -17,9 +17,9 @@ Guarantees:
 - SIGTERM/SIGINT: finish the batch in hand, ack, exit 0 (a second signal exits at once);
 - every `claim_interval_s` it also applies the retention rule of the stream it reads and of those it
   published to: an entry a declared group has not acknowledged is never trimmed (shared/retention.py);
-- with a `fence` (the lease of a shard only one replica may work on, shared/leases.py) every commit
-  is made under WATCH of the lease; once the lease names another replica nothing more is committed
-  and the loop stops, leaving its unacknowledged entries to the new owner.
+- with a `fence` (of the lease of a shard only one replica may work on, shared/leases.py) every
+  commit is made under WATCH of the lease's fencing counter; once another replica has acquired the
+  lease nothing more is committed and the loop stops, leaving its unacknowledged entries to the new owner.
 
 One worker reads one stream; a replica serving several shards runs one worker per shard
 (shared/sharded.py), which then writes the replica's heartbeat instead of each worker (`heartbeats`).
@@ -463,13 +463,14 @@ class StreamWorker(Generic[M]):
         self.stats.dead += len(dead)
 
     def _watch_fence(self, pipe) -> None:
-        """WATCH the lease, check it is still ours, then start the transaction: EXEC fails if the lease
-        changes hands before it."""
+        """WATCH the fencing counter, check it is still at our acquisition, then start the transaction:
+        EXEC fails if another replica acquires the lease before it."""
         pipe.watch(self.fence.key)
-        owner = pipe.get(self.fence.key)
-        if owner is None or owner.decode() != self.fence.token:
+        value = pipe.get(self.fence.key)
+        if value is None or value.decode() != self.fence.token:
             pipe.reset()
-            raise FenceLost(f"{self.fence.key} is held by {owner.decode() if owner else 'nobody'}, not by us")
+            raise FenceLost(f"{self.fence.key} is {value.decode() if value else 'unset'}, not {self.fence.token}: "
+                            f"another replica acquired the lease")
         pipe.multi()
 
     def _xadd_options(self, stream: str) -> dict:
