@@ -29,6 +29,25 @@ def redis_from(settings: Settings, wait_s: float = 10.0) -> Client:
     return connect_when_up(settings.redis_url, wait_s, cluster=settings.redis_cluster)
 
 
+QUEUE_ON_CLUSTER = ("the training queue (RQ) needs a single-node Redis, and REDIS_URL is a Redis Cluster "
+                    "(EMOTION_REDIS_CLUSTER): set EMOTION_QUEUE_REDIS_URL to one")
+
+
+def queue_url(settings: Settings) -> str:
+    """Where the RQ training queue lives: EMOTION_QUEUE_REDIS_URL, else REDIS_URL unless that is a
+    cluster (RQ's transactions span keys of many slots: it runs on one node only)."""
+    if settings.queue_redis_url:
+        return settings.queue_redis_url
+    if settings.redis_cluster:
+        raise StartupError(QUEUE_ON_CLUSTER)
+    return settings.redis_url
+
+
+def queue_redis_from(settings: Settings, wait_s: float = 10.0) -> Client:
+    """A connected single-node client of the training queue's Redis (StartupError: none configured)."""
+    return connect_when_up(queue_url(settings), wait_s)
+
+
 def registry_from(settings: Settings, client: redis.Redis | None, role: Role = "fast") -> ModelRegistry:
     """The registry seen through one model role; the accurate role falls back to the fast default model
     while no accurate model is installed, so analysis always has a model to answer with."""

@@ -287,3 +287,74 @@ class TcpProxy:
         self.down()
         self.listener.close()
         self.thread.join(2)
+
+
+class RedisCluster:
+    """A private Redis Cluster of masters on loopback `ports` (no replicas), made with
+    `redis-server --cluster-enabled yes` and `redis-cli --cluster create`; stopped by pid."""
+
+    def __init__(self, data_dir: Path, ports: list[int]) -> None:
+        self.data_dir = Path(data_dir)
+        self.ports = ports
+        self.servers: list[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """A seed URL: any node will do, the client learns the others."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+
+    def start(self, timeout: float = 30.0) -> "RedisCluster":
+        for port in self.ports:
+            busy = socket.socket()
+            try:
+                if busy.connect_ex(("127.0.0.1", port)) == 0:
+                    raise RuntimeError(f"port {port} is taken: a cluster node cannot start there")
+            finally:
+                busy.close()
+            node_dir = self.data_dir / str(port)
+            server = RedisServer(node_dir, "--cluster-enabled", "yes", "--cluster-config-file",
+                                 str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000", port=port,
+                                 appendonly=False)
+            self.servers.append(server.start())
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+
+        def ready() -> bool:
+            for port in self.ports:
+                info = self.node(port).execute_command("CLUSTER", "INFO").decode()
+                if "cluster_state:ok" not in info:
+                    return False
+            return True
+
+        wait_for(ready, timeout, interval=0.2, what="cluster_state:ok on every node")
+        return self
+
+    def masters(self) -> dict[str, list[tuple[int, int]]]:
+        """node id -> (first, last) of each slot range it serves, from CLUSTER NODES."""
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        for line in self.node(self.ports[0]).execute_command("CLUSTER", "NODES").decode().splitlines():
+            parts = line.split()
+            if "master" not in parts[2]:
+                continue
+            for spec in parts[8:]:
+                if "-" in spec and not spec.startswith("["):
+                    first, last = spec.split("-")
+                    ranges.setdefault(parts[0], []).append((int(first), int(last)))
+                elif spec.isdigit():
+                    ranges.setdefault(parts[0], []).append((int(spec), int(spec)))
+        return ranges
+
+    def master_of(self, key: str) -> str:
+        """The id of the master serving `key` (CLUSTER KEYSLOT, then the slot ranges of CLUSTER NODES)."""
+        slot = int(self.node(self.ports[0]).execute_command("CLUSTER", "KEYSLOT", key))
+        for node_id, spans in self.masters().items():
+            if any(first <= slot <= last for first, last in spans):
+                return node_id
+        raise LookupError(f"no master serves slot {slot}")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -17,6 +17,7 @@ from typing import Callable
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.redis_conn import connect
 from shared.registry import ModelRegistry
 from shared.streams import Keys
 from shared.training import DatasetPathError, TrainConfig, dataset_problem
@@ -36,13 +37,16 @@ class JobSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     redis_url: str = Field(description="Redis holding the current-model pointer")
+    redis_cluster: bool = Field(False, description="redis_url is a Redis Cluster")
+    queue_redis_url: str | None = Field(None, description="the queue's own Redis, when not redis_url")
     prefix: str = Field("emotion", pattern=r"^[A-Za-z0-9_.-]+$")
     registry_dir: Path = Field(description="versioned model registry directory")
     default_model_dir: Path | None = Field(None, description="model served when the registry is empty")
 
     @classmethod
     def from_settings(cls, settings) -> "JobSettings":
-        return cls(redis_url=settings.redis_url, prefix=settings.prefix,
+        return cls(redis_url=settings.redis_url, redis_cluster=settings.redis_cluster,
+                   queue_redis_url=settings.queue_redis_url, prefix=settings.prefix,
                    registry_dir=Path(settings.registry_dir).resolve(),
                    default_model_dir=Path(settings.default_model_dir).resolve() if settings.default_model_dir else None)
 
@@ -129,7 +133,12 @@ def run_training_job(config_json: str, settings_json: str, version: str | None =
     cfg = TrainConfig.model_validate_json(config_json)
     job_settings = JobSettings.model_validate_json(settings_json)
     job = get_current_job()
-    client = job.connection if job is not None else redis.Redis.from_url(job_settings.redis_url)
+    # The pointer a promotion moves lives in the deployment's Redis, which is the queue's unless the
+    # queue has its own (always so with a cluster).
+    if job is not None and job_settings.queue_redis_url in (None, job_settings.redis_url):
+        client = job.connection
+    else:
+        client = connect(job_settings.redis_url, cluster=job_settings.redis_cluster)
     registry = ModelRegistry(job_settings.registry_dir, client, Keys(job_settings.prefix),
                              job_settings.default_model_dir)
     summary = train_and_register(cfg, registry, version=version, progress=JobProgress(job), verbose=2)

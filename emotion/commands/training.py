@@ -20,6 +20,13 @@ def _settings():
     return Settings()
 
 
+def _queue(settings, wait_s: float = 5.0):
+    """A client of the training queue's Redis (single-node: EMOTION_QUEUE_REDIS_URL with a cluster)."""
+    from shared.bootstrap import queue_redis_from
+
+    return queue_redis_from(settings, wait_s=wait_s)
+
+
 def _connect(settings, required: bool = True, wait_s: float = 5.0):
     """A Redis client; with required=False, None when Redis is down (read-only commands fall back to files)."""
     from shared.bootstrap import redis_from
@@ -103,7 +110,7 @@ def cmd_train(args) -> int:
         from shared.training import DatasetPathError
 
         try:
-            job = enqueue_training(_connect(settings), cfg, settings, version=args.version)
+            job = enqueue_training(_queue(settings), cfg, settings, version=args.version)
         except DatasetPathError as exc:
             raise UserError(str(exc)) from None
         print(f"queued training job {job.id} on queue '{job.origin}' (run `emotion worker` to process it; "
@@ -135,7 +142,7 @@ def cmd_worker(args) -> int:
         print(json.dumps({"ok": True, "command": "worker"}))
         return 0
     configure_logging(settings)
-    run_worker(_connect(settings, wait_s=10.0), Keys(settings.prefix), burst=args.burst)
+    run_worker(_queue(settings, wait_s=10.0), Keys.of(settings), burst=args.burst)
     return 0
 
 
@@ -212,7 +219,7 @@ def cmd_job(args) -> int:
 
     from trainer.jobs import cancel_training, serializer
 
-    client = _connect(_settings())
+    client = _queue(_settings())
     if args.action == "cancel":
         try:
             print(cancel_training(client, args.job_id))

@@ -21,7 +21,8 @@ import redis
 
 from services.dashboard.live import EventWindow
 from shared.redis_conn import REDIS_DOWN_ERRORS, Client, RedisUnavailable, connect, redact
-from shared.bootstrap import answering_role, registry_from
+from shared.bootstrap import answering_role, queue_url, registry_from
+from shared.errors import StartupError
 from shared.registry import ModelRegistry, Role
 from shared.settings import Settings
 from shared.streams import Keys
@@ -41,6 +42,7 @@ class DashboardContext:
         self.settings = settings
         self.keys = Keys.of(settings)
         self._redis: Client | None = None
+        self._queue: Client | None = None
         self._redis_lock = threading.Lock()
         self.query_timeout_s = query_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboard-query")
@@ -64,6 +66,24 @@ class DashboardContext:
                                       socket_timeout=REDIS_TIMEOUT_S, connect_timeout=1.0, retries=0,
                                       health_check_interval=10)
             return self._redis
+
+    def queue_call(self, fn: Callable[[Client], Any]) -> Any:
+        """`redis_call` on the training queue's Redis (the same one unless EMOTION_QUEUE_REDIS_URL)."""
+        if not self.settings.queue_redis_url and not self.settings.redis_cluster:
+            return self.redis_call(fn)
+        try:
+            url = queue_url(self.settings)
+        except StartupError as exc:
+            raise SourceUnavailable(str(exc)) from None
+        with self._redis_lock:
+            if self._queue is None:
+                self._queue = connect(url, socket_timeout=REDIS_TIMEOUT_S, connect_timeout=1.0, retries=0,
+                                      health_check_interval=10)
+        try:
+            return fn(self._queue)
+        except REDIS_DOWN_ERRORS as exc:
+            raise SourceUnavailable(f"the training queue's Redis at {redact(url)} is not answering "
+                                    f"({type(exc).__name__})") from None
 
     @property
     def events(self) -> EventWindow:
@@ -190,8 +210,9 @@ class DashboardContext:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._redis is not None:
-            self._redis.close()
+        for client in (self._redis, self._queue):
+            if client is not None:
+                client.close()
 
 
 class _LockedModel:

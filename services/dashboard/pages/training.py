@@ -33,7 +33,7 @@ def enqueue(ctx: DashboardContext, cfg: TrainConfig):
     """Enqueue through trainer.jobs (imported lazily; it imports no TensorFlow at import time)."""
     from trainer.jobs import enqueue_training
 
-    return ctx.redis_call(lambda client: enqueue_training(client, cfg, ctx.settings))
+    return ctx.queue_call(lambda client: enqueue_training(client, cfg, ctx.settings))
 
 
 def listening_workers(client, keys) -> int:
@@ -207,8 +207,8 @@ def register(app, ctx: DashboardContext) -> None:
     def _refresh(_n, _m1, _m2):
         try:
             try:
-                jobs = ctx.redis_call(lambda client: list_jobs(client, ctx.keys))
-                workers = ctx.redis_call(lambda client: listening_workers(client, ctx.keys))
+                jobs = ctx.queue_call(lambda client: list_jobs(client, ctx.keys))
+                workers = ctx.queue_call(lambda client: listening_workers(client, ctx.keys))
                 jobs_view = _jobs_table(jobs, workers)
                 worker_state = workers_notice(workers, sum(1 for j in jobs if j["state"] == "queued"),
                                               ctx.keys.training_queue)
