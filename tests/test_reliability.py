@@ -405,3 +405,71 @@ def test_overload_sheds_frames_keeps_frames_bounded_and_never_trims_faces(redis_
     detector.run(burst=True)
     faces_out = int(redis_client.hget(keys.stats("detector"), "entries_out"))
     assert faces_out >= 15 and redis_client.xlen(keys.faces) == faces_out
+
+
+# --- 10. kill -9 of a detector replica: its shard moves to another ------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_kill9_of_a_detector_replica_moves_its_shard_and_loses_no_frame(redis_client, redis_url, prefix, served_model,
+                                                                        tmp_path, cleanup_prefix):
+    """Guards the detector's lease hand-over: the shard of a replica killed with -9 is taken by the
+    other once its lease expires, with the frames the victim held pending; every frame that reached a
+    frames stream is processed (or dead-lettered), the rest were shed and counted by capture, and no
+    face gets two events."""
+    from shared.leases import ShardLeases
+    from shared.shards import backlog, stats_of
+    from shared.heartbeats import read_heartbeats
+
+    cleanup_prefix.append(prefix)
+    keys = Keys(prefix, 2)
+    env = service_env(redis_url, prefix, served_model, tmp_path / "registry", EMOTION_SHARDS="2",
+                      EMOTION_DETECTOR__LEASE_TTL_MS="2000", EMOTION_WORKER__BATCH_SIZE="4",
+                      EMOTION_CLASSIFIER__BATCH_SIZE="8", EMOTION_LOG_LEVEL="INFO")
+    leases = ShardLeases(redis_client, keys, "detector", "observer", 1000)
+    detectors = [emotion_proc(["detector"], env, tmp_path / f"detector-{i}.log") for i in range(2)]
+    classifier = emotion_proc(["classifier"], env, tmp_path / "classifier.log")
+    captures = []
+    try:
+        wait_for(lambda: len(set(leases.holders().values()) - {None}) == 2, 60, what="one shard per detector")
+        captures = [emotion_proc(["capture", "--source", "demo", "--camera-id", f"cam{k}", "--shard", str(k),
+                                  "--fps", "8", "--session", "drill"], env, tmp_path / f"capture-{k}.log")
+                    for k in range(2)]
+        wait_for(lambda: all(int(redis_client.hget(s.stats("classifier"), "entries_out") or 0) >= 10
+                             for s in keys.all_shards()), 60, what="events from both shards")
+        owner = leases.holders()[0]
+        victim = next(d for d in detectors if f"-{d.pid}-" in owner)
+        survivor = next(d for d in detectors if d is not victim)
+        victim.kill9()
+        held = {c["name"].decode(): c["pending"] for c in redis_client.xinfo_consumers(keys.frames, DETECTOR_GROUP)}
+        victim_pending = held.get(owner, 0)
+        wait_for(lambda: leases.holders()[0] not in (None, owner), 30, what="shard 0 taken by the survivor")
+        survivor_name = leases.holders()[0]
+        assert f"-{survivor.pid}-" in survivor_name
+        wait_for(lambda: any(b.get("shards") == [0, 1] for b in read_heartbeats(redis_client, keys, "detector")), 10,
+                 what="the survivor's heartbeat naming both shards")
+        time.sleep(2.0)  # the survivor serves both cameras for a while
+        for capture in captures:
+            capture.stop()
+        wait_for(lambda: backlog(redis_client, keys, "frames", DETECTOR_GROUP) == 0, 60, interval=0.3,
+                 what="every frame processed")
+        wait_for(lambda: backlog(redis_client, keys, "faces", CLASSIFIER_GROUP) == 0, 60, interval=0.3,
+                 what="every face classified")
+        stats = stats_of(redis_client, keys, ("capture", "detector", "classifier"))
+        dead = sum(redis_client.xlen(keys.dead(s.frames)) for s in keys.all_shards())
+        assert stats["detector"]["entries_in"] + dead == stats["capture"]["published"], stats
+        ids = []
+        for shard in keys.all_shards():
+            ids += event_ids(redis_client, shard.events)
+        assert len(ids) == len(set(ids)) == stats["detector"]["entries_out"], "a face got two events, or none"
+        assert survivor.alive() and classifier.alive()
+        taken = [line for line in survivor.output().splitlines() if "event=lease_acquired" in line and "shard=0" in line]
+        assert taken, survivor.output()[-2000:]
+        assert f"taken_over={victim_pending}" in taken[-1] or victim_pending == 0
+        # The survivor's tracks of cam0 come from a fresh block of ids: none reuses the victim's.
+        tracks = {decode(EmotionEvent, f).track_id for _, f in redis_client.xrange(keys.events)}
+        assert max(tracks) > 1000, sorted(tracks)
+    finally:
+        stop_all(captures + detectors + [classifier])
+    print(f"detector kill -9 drill: {stats['capture']['published']} frames published, {stats['capture'].get('shed', 0)} "
+          f"shed during the hand-over, victim held {victim_pending} pending frames, taken over: {taken[-1][-40:]}")
