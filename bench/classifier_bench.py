@@ -37,9 +37,9 @@ class BenchError(RuntimeError):
 def _service_run(settings: Settings, client, entries: list[dict[str, bytes]], batch: int, threads: int) -> float:
     from services.classifier.run import build_worker
 
-    keys = Keys(settings.prefix)
+    keys = Keys.of(settings)  # one replica's worker over shard 0 (build_worker's default)
     client.delete(keys.faces, keys.events, keys.dead(keys.faces), keys.stats("classifier"))
-    for key in client.scan_iter(match=f"{settings.prefix}:track:*"):
+    for key in client.scan_iter(match=f"{keys.prefix}:{keys.tag}:track:*"):
         client.delete(key)
     xadd_all(client, keys.faces, entries)
     run_settings = settings.model_copy(update={

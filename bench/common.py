@@ -206,6 +206,25 @@ def face_entries(crops: np.ndarray, preprocess: Preprocess, *, camera_id: str = 
     return entries
 
 
+def frame_entries(count: int, *, camera_id: str, session_id: str = "bench", fps: float = 15.0,
+                  seed: int = 0) -> list[dict[str, bytes]]:
+    """Encoded FrameMessages of the demo scene (640x480 JPEG, two faces coming and going), as a camera
+    would publish them."""
+    from services.capture.capture import encode_frame
+    from services.capture.demo import AstronautDemo
+    from shared.schemas import FrameMessage
+    from shared.settings import CaptureSettings
+
+    demo, capture = AstronautDemo(fps=fps, seed=seed), CaptureSettings()
+    entries = []
+    for index in range(count):
+        jpeg, width, height = encode_frame(demo.frame(), capture)
+        entries.append(encode(FrameMessage(camera_id=camera_id, session_id=session_id, frame_id=index,
+                                           captured_ms=int(time.time() * 1000), width=width, height=height,
+                                           jpeg=jpeg)))
+    return entries
+
+
 def xadd_all(client: redis.Redis, stream: str, entries: list[dict[str, bytes]], chunk: int = 500) -> None:
     for start in range(0, len(entries), chunk):
         pipe = client.pipeline(transaction=False)

@@ -28,6 +28,7 @@ from emotion.up import session_events
 from bench.common import format_table, isolated, percentiles
 from shared.schemas import EmotionEvent
 from shared.settings import Settings
+from shared.shards import service_stats
 from shared.streams import Keys
 
 STARTUP_GRACE_S = 90.0  # `emotion up` start + drain + stop may take this long beyond the capture duration
@@ -56,7 +57,7 @@ def run_up(settings: Settings, client: redis.Redis, *, cameras: int, fps: float,
            classifiers: int = 1, source: str = "demo") -> dict:
     """One `emotion up --json --no-dashboard` run in an isolated prefix; its summary plus our measurements."""
     with isolated(settings, client) as run_settings, tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp:
-        keys = Keys(run_settings.prefix)
+        keys = Keys.of(run_settings)  # EMOTION_SHARDS from the environment, as `emotion up` will see it
         env = dict(os.environ, EMOTION_PREFIX=run_settings.prefix, EMOTION_REDIS_URL=settings.redis_url,
                    EMOTION_CAPTURE__FPS=str(fps), EMOTION_DATABASE_URL=f"sqlite:///{tmp}/events.sqlite",
                    EMOTION_DATA_DIR=str(Path(tmp) / "data"), PYTHONUNBUFFERED="1")
@@ -80,7 +81,7 @@ def run_up(settings: Settings, client: redis.Redis, *, cameras: int, fps: float,
                     if shed_at_warmup is None:
                         camera_start = _camera_start_ms(client, keys)
                         if camera_start and time.time() * 1000 >= camera_start + warmup_s * 1000:
-                            shed_at_warmup = int(client.hget(keys.stats("capture"), "shed") or 0)
+                            shed_at_warmup = service_stats(client, keys, "capture").get("shed", 0)
                     time.sleep(0.1)
                 stdout = proc.stdout.read().decode() if proc.stdout else ""
             finally:

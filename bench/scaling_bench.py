@@ -1,5 +1,7 @@
 """Classifier scaling: time for R replica processes (`emotion classifier`, one consumer group) to drain N faces.
 
+(`emotion bench scaling --shards N`, the whole stream pipeline over several shards, is bench/shard_scaling_bench.py.)
+
 Per run: the faces stream of an isolated prefix is pre-filled with N faces and the classifier group
 is created at the end of the stream ("$"), so replicas that start see nothing; once every replica
 has written its heartbeat (model loaded, loop running) the group is moved back to "0" and the clock
@@ -31,9 +33,9 @@ DRAIN_TIMEOUT_S = 120.0
 
 def _drain_once(settings: Settings, client: redis.Redis, entries: list[dict[str, bytes]], replicas: int,
                 log_dir: Path) -> float:
-    keys = Keys(settings.prefix)
+    keys = Keys.of(settings)  # the faces go to shard 0; the replicas serve every shard
     client.delete(keys.faces, keys.events, keys.dead(keys.faces), keys.stats("classifier"))
-    for pattern in (keys.heartbeat_pattern("classifier"), f"{settings.prefix}:track:*"):
+    for pattern in (keys.heartbeat_pattern("classifier"), f"{keys.prefix}:{keys.tag}:track:*"):
         for key in client.scan_iter(match=pattern):
             client.delete(key)
     client.xgroup_create(keys.faces, CLASSIFIER_GROUP, id="$", mkstream=True)

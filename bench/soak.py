@@ -2,10 +2,12 @@
 restarted every --kill-every seconds; reports memory growth, lost events and duplicates.
 
     python bench/soak.py --minutes 10 --cameras 2 --kill-every 120
+    python bench/soak.py --minutes 5 --cameras 4 --shards 2 --detectors 2
 
-Every face published on the faces stream is collected by tailing the stream (it is trimmed a few seconds
-after classification), every event by tailing the events stream (trimmed once recorded and a minute old); after the cameras stop, the groups
-are drained and: lost = faces without an event, duplicates = events beyond one per face (both must be 0).
+Every face published on the faces streams is collected by tailing them (one tail per shard; they are
+trimmed a few seconds after classification), every event by tailing the events streams (trimmed once
+recorded and a minute old); after the cameras stop, the groups are drained in every shard and:
+lost = faces without an event, duplicates = events beyond one per face (both must be 0).
 Exit code 0 when both are 0.
 """
 
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from shared.schemas import EmotionEvent, FaceMessage, MessageError, decode  # noqa: E402
-from shared.stream_state import group_state  # noqa: E402
+from shared.shards import backlog, stats_of  # noqa: E402
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys  # noqa: E402
 from bench.common import add_soak_arguments, soak_setup  # noqa: E402
 from tests.proc_utils import Proc, emotion_proc, service_env, stop_all  # noqa: E402
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifiers", type=int, default=3)
     parser.add_argument("--kill-every", type=float, default=120.0, help="seconds between kill -9 of a classifier")
     parser.add_argument("--fps", type=float, default=10.0, help="frames per second per demo camera")
+    parser.add_argument("--shards", type=int, default=1, help="EMOTION_SHARDS of the run (camera i in shard i mod N)")
+    parser.add_argument("--detectors", type=int, default=1, help="detector replicas (each leases its share of shards)")
     add_soak_arguments(parser, redis_env="SOAK_REDIS_URL")
     parser.add_argument("--keep-keys", action="store_true", help="leave the run's Redis keys in place")
     args = parser.parse_args(argv)
@@ -92,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model, workdir, args.redis_url, server = setup
     prefix = f"soak{uuid.uuid4().hex[:6]}"
-    keys = Keys(prefix)
+    keys = Keys(prefix, args.shards)
     client = redis.Redis.from_url(args.redis_url)
     client.ping()
     recorder = importlib.util.find_spec("services.recorder.run") is not None
     env = service_env(args.redis_url, prefix, model, workdir / "registry",
                       EMOTION_DATABASE_URL=f"sqlite:///{workdir / 'events.sqlite'}", EMOTION_LOG_LEVEL="INFO",
-                      EMOTION_WORKER__CLAIM_IDLE_MS="2000", EMOTION_WORKER__CLAIM_INTERVAL_S="1")
+                      EMOTION_WORKER__CLAIM_IDLE_MS="2000", EMOTION_WORKER__CLAIM_INTERVAL_S="1",
+                      EMOTION_SHARDS=str(args.shards))
     session = f"soak-{uuid.uuid4().hex[:6]}"
     logs = workdir / "logs"
     procs: dict[str, Proc] = {}
@@ -109,23 +114,25 @@ def main(argv: list[str] | None = None) -> int:
         procs[role] = emotion_proc(list(cli), env, logs / f"{role}-{len(kills)}.log")
         return procs[role]
 
-    faces = Tail(client, keys.faces, lambda f: decode(FaceMessage, f).event_id)
-    events = Tail(client, keys.events, event_fields)
+    faces = [Tail(client, shard.faces, lambda f: decode(FaceMessage, f).event_id) for shard in keys.all_shards()]
+    events = [Tail(client, shard.events, event_fields) for shard in keys.all_shards()]
     started = time.monotonic()
     report: dict = {"prefix": prefix, "workdir": str(workdir), "minutes": args.minutes, "cameras": args.cameras,
                     "classifiers": args.classifiers, "kill_every_s": args.kill_every, "fps": args.fps,
+                    "shards": args.shards, "detectors": args.detectors,
                     "recorder": recorder, "model": str(model)}
     try:
         if recorder:
             start("recorder", "recorder")
-        start("detector", "detector")
+        for i in range(args.detectors):
+            start(f"detector{i}" if i else "detector", "detector")
         for i in range(args.classifiers):
             start(f"classifier{i}", "classifier")
         for i in range(args.cameras):
             start(f"capture{i}", "capture", "--source", "demo", "--camera-id", f"cam{i}", "--session", session,
-                  "--fps", str(args.fps))
-        faces.start()
-        events.start()
+                  "--fps", str(args.fps), "--shard", str(i % args.shards))
+        for tail in faces + events:
+            tail.start()
         end = started + args.minutes * 60
         time.sleep(min(15.0, args.minutes * 60 / 4))  # warm-up: imports, model load, first batches
         rss_start = {role: proc.rss_kb() for role, proc in procs.items()}
@@ -153,28 +160,28 @@ def main(argv: list[str] | None = None) -> int:
             procs[role].stop()
         drain_started = time.monotonic()
         drained = {}
-        for stream, group, needed in ((keys.frames, DETECTOR_GROUP, True), (keys.faces, CLASSIFIER_GROUP, True),
-                                      (keys.events, RECORDER_GROUP, recorder)):
+        for stream, group, needed in (("frames", DETECTOR_GROUP, True), ("faces", CLASSIFIER_GROUP, True),
+                                      ("events", RECORDER_GROUP, recorder)):
             if not needed:
                 continue
             deadline = time.monotonic() + 180
-            while group_state(client, stream, group).backlog and time.monotonic() < deadline:
+            while backlog(client, keys, stream, group) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            drained[group] = group_state(client, stream, group).backlog == 0
+            drained[group] = backlog(client, keys, stream, group) == 0
         report["drain_s"] = round(time.monotonic() - drain_started, 1)
         report["drained"] = drained
     finally:
         stop_all(procs.values())
         stop_all(retired)
-        faces.finish()
-        events.finish()
+        for tail in faces + events:
+            tail.finish()
 
-    face_ids = faces.values
-    event_ids = [e for e, _ in events.values]
+    face_ids = [face for tail in faces for face in tail.values]
+    event_values = [value for tail in events for value in tail.values]
+    event_ids = [e for e, _ in event_values]
     counts = collections.Counter(event_ids)
-    latencies = sorted(latency for _, latency in events.values)
-    stats = {service: {k.decode(): int(v) for k, v in client.hgetall(keys.stats(service)).items()}
-             for service in ("capture", "detector", "classifier", "recorder")}
+    latencies = sorted(latency for _, latency in event_values)
+    stats = stats_of(client, keys, ("capture", "detector", "classifier", "recorder"))
     report.update({
         "duration_s": round(time.monotonic() - started, 1),
         "frames_published": stats["capture"].get("published", 0),
@@ -185,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "lost": len(set(face_ids) - set(counts)),
         "duplicates": len(event_ids) - len(counts),
         "events_without_face": len(set(counts) - set(face_ids)),
-        "dead_letters": {s: client.xlen(keys.dead(s)) for s in (keys.frames, keys.faces, keys.events)},
+        "dead_letters": {getattr(shard, name) + ":dead": client.xlen(keys.dead(getattr(shard, name)))
+                         for shard in keys.all_shards() for name in ("frames", "faces", "events")},
         "latency_ms_p50": latencies[len(latencies) // 2] if latencies else None,
         "latency_ms_p95": latencies[int(len(latencies) * 0.95)] if latencies else None,
         "kills": kills,

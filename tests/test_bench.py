@@ -104,3 +104,14 @@ def test_analyze_bench_runs_fer_on_the_same_video(bench_env, tmp_path):
                     "--video", str(_clip(tmp_path)))
     assert result["fer"]["frames"] == result["ours"]["frames"] == 10
     assert result["fer"]["faces"] > 0 and result["ratio_frames_per_s"] > 0
+
+
+def test_sharded_scaling_bench_drives_every_shard_and_loses_nothing(bench_env, tmp_path):
+    result = _bench(bench_env, tmp_path, "scaling", "--shards", "2", "--replicas", "1,2", "--frames", "12",
+                    "--repeats", "1")
+    assert result["mode"] == "shards" and result["shards"] == 2 and result["lost"] == 0
+    assert [row["replicas"] for row in result["table"]] == [1, 2]
+    for row in result["table"]:
+        assert row["frames"] == 24 and row["faces"] > 0 and row["frames_per_s"] > 0
+    leftovers = list(redis.Redis.from_url(bench_env["EMOTION_REDIS_URL"]).scan_iter(match="tbench-bench-*"))
+    assert leftovers == [], "the benchmark deletes its isolated keys"

@@ -95,8 +95,14 @@ def cmd_pipeline(args) -> int:
 
 
 def cmd_scaling(args) -> int:
-    module = _bench("scaling_bench")
     settings = _settings()
+    if args.shards:
+        module = _bench("shard_scaling_bench")
+        result = module.run_shard_scaling_bench(settings, _client(settings), shards=args.shards,
+                                                replicas=args.replicas, frames_per_shard=args.frames,
+                                                repeats=args.repeats)
+        return _emit(module, result, args)
+    module = _bench("scaling_bench")
     result = module.run_scaling_bench(settings, _client(settings), replicas=args.replicas, faces=args.faces,
                                       repeats=args.repeats, fer_path=args.fer)
     return _emit(module, result, args)
@@ -156,9 +162,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=cmd_pipeline)
 
-    p = kinds.add_parser("scaling", help="drain time of a pre-filled faces stream with 1 vs 2 classifier processes")
+    p = kinds.add_parser("scaling", help="drain time of a pre-filled faces stream with 1 vs 2 classifier processes; "
+                                         "with --shards, of N shards of frames through R detectors + R classifiers")
     p.add_argument("--replicas", type=_list(), default=[1, 2], help="comma list of replica counts (default 1,2)")
     p.add_argument("--faces", type=at_least_one, default=4000, help="faces pre-filled per run (default 4000)")
+    p.add_argument("--shards", type=at_least_one, default=None,
+                   help="drive this many shards with synthetic frames through R detector and R classifier processes "
+                        "per replica count R (the whole stream pipeline, not the classifier alone)")
+    p.add_argument("--frames", type=at_least_one, default=120,
+                   help="with --shards: demo frames per shard per run (default 120, at most 250)")
     p.add_argument("--repeats", type=at_least_one, default=3, help="runs per configuration; the median is reported")
     p.add_argument("--fer", type=Path, default=None, help=fer_help)
     common(p)
