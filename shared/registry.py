@@ -2,7 +2,7 @@
 
     <registry_dir>/<version>/model.tflite, model.keras, metadata.json, report.md ...
 
-The pointer lives in Redis (`<prefix>:model:current`) so every classifier replica sees a promotion;
+The pointer lives in Redis (`<prefix>:{model}:current`) so every classifier replica sees a promotion;
 it is mirrored to `<registry_dir>/CURRENT` so a fresh Redis still knows what to serve. With an
 empty registry the model shipped in the repository (`models/default`) is served.
 """

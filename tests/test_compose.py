@@ -257,10 +257,12 @@ def test_services_and_topology(full_model):
     for name in INFRA_SERVICES:
         assert any(v["type"] == "volume" for v in services[name]["volumes"]), f"{name} has no named volume"
 
-    # replicas: no fixed name and no host port, or `--scale classifier=4` would collide
-    classifier = services["classifier"]
-    assert "container_name" not in classifier
-    assert not classifier.get("ports")
+    # replicas: no fixed name and no host port, or `--scale classifier=4` / `--scale detector=2` would collide
+    for name in ("classifier", "detector"):
+        assert "container_name" not in services[name]
+        assert not services[name].get("ports")
+    shards = {name: service["environment"].get("EMOTION_SHARDS") for name, service in emotion_services(full_model).items()}
+    assert set(shards.values()) == {"1"}, f"every service must see the same EMOTION_SHARDS: {shards}"
 
     for name, service in emotion_services(full_model).items():
         conditions = {dep: spec["condition"] for dep, spec in (service.get("depends_on") or {}).items()}
