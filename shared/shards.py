@@ -114,6 +114,15 @@ def entries_after(client: Client, keys: Keys, name: str, cursors: dict[int, tupl
             for entry_id, fields in entries]
 
 
+def newest_cursors(client: Client, keys: Keys, name: str) -> dict[int, tuple[int, int]]:
+    """Each shard's newest entry id: cursors from which `entries_after` returns only what comes next
+    (where a live feed starts). A shard with no entries has no cursor (it is read from its start)."""
+    pipe = client.pipeline(transaction=False)
+    for shard in keys.all_shards():
+        pipe.xrevrange(getattr(shard, name), count=1)
+    return {shard: parse_id(newest[0][0]) for shard, newest in enumerate(pipe.execute()) if newest}
+
+
 def advance(cursors: dict[int, tuple[int, int]], entries: list[ShardEntry]) -> None:
     for entry in entries:
         position = parse_id(entry.entry_id)

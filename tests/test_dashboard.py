@@ -15,11 +15,12 @@ from shared.model_runtime import read_metadata
 
 from services.dashboard.auth import AuthConfigError, check_auth_config
 from services.dashboard.context import DashboardContext, SourceUnavailable
-from services.dashboard.live import EventWindow, camera_views, find_frame, latest_frames, pipeline_snapshot
+from services.dashboard.live import (EventWindow, camera_views, events_after, find_frame, latest_frames,
+                                     pipeline_snapshot)
 from services.dashboard.pages.history import resolve_range
 from shared.store.queries import auto_bucket
 from shared.schemas import encode
-from shared.streams import DETECTOR_GROUP
+from shared.streams import DETECTOR_GROUP, Keys
 from tests.test_analyze import png_bomb
 from tests.test_dashboard_support import emotion_event, face_png, frame_message, served_model_dir  # noqa: F401
 from tests.test_store_support import PG_URL, create_pg_database
@@ -282,6 +283,33 @@ def test_pipeline_snapshot(redis_client, keys):
     assert snap["groups"]["detector"]["lag"] == 1 and snap["groups"]["detector"]["pending"] == 0
     assert snap["stats"]["capture"]["shed"] == 4
     assert [b["consumer"] for b in snap["heartbeats"]] == ["d1"]
+
+
+def test_live_readers_see_every_shard(redis_client):
+    """With EMOTION_SHARDS=2 the live views read both shards: events merged in order, each camera's
+    frame found in its own shard (the cameras hash says which), counters and backlogs summed."""
+    keys = Keys("t", 2)
+    now = int(time.time() * 1000)
+    for shard, camera in ((0, "a"), (1, "b")):
+        shard_keys = keys.of_shard(shard)
+        redis_client.hset(keys.cameras, camera, json.dumps({"shard": shard, "started_ms": now}))
+        for frame_id in range(2):
+            redis_client.xadd(shard_keys.frames, encode(frame_message(camera, frame_id, captured_ms=now + frame_id)))
+        redis_client.hincrby(shard_keys.stats("capture"), "published", 2)
+    redis_client.xadd(keys.of_shard(1).events, encode(emotion_event("b", 1, captured_ms=now + 1)))
+    redis_client.xadd(keys.of_shard(0).events, encode(emotion_event("a", 0, captured_ms=now)))
+    window = EventWindow(redis_client, keys)
+    events = window.refresh()
+    assert sorted((e.shard, e.event.camera_id) for e in events) == [(0, "a"), (1, "b")]
+    assert [e.position for e in events] == sorted(e.position for e in events)
+    assert events_after(events, events[0].stream_id) == events[1:]
+    redis_client.xadd(keys.of_shard(1).events, encode(emotion_event("b", 2, captured_ms=now + 2)))
+    assert [e.event.frame_id for e in window.refresh() if e.event.camera_id == "b"] == [1, 2]
+    views = {v.camera_id: v for v in camera_views(redis_client, keys, ["a", "b"], window.refresh())}
+    assert views["a"].frame.frame_id == 0 and views["b"].frame.frame_id == 1  # b's newest event is frame 2: gone
+    assert {c: f.frame_id for c, f in latest_frames(redis_client, keys, ["a", "b"]).items()} == {"a": 1, "b": 1}
+    snap = pipeline_snapshot(redis_client, keys)
+    assert snap["shards"] == 2 and snap["lengths"]["frames"] == 4 and snap["stats"]["capture"]["published"] == 4
 
 
 # --- never hang ------------------------------------------------------------------------------------

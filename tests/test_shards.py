@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shared.shards import (LayoutMismatch, advance, backlog, claim_layout, entries_after, entries_since,
-                           service_stats, sharded_group_state, stats_of, stream_lengths)
+                           newest_cursors, service_stats, sharded_group_state, stats_of, stream_lengths)
 from shared.streams import DETECTOR_GROUP, Keys
 
 
@@ -47,6 +47,10 @@ def test_entries_of_every_shard_and_a_reader_that_follows_them(redis_client, key
     redis_client.xadd(keys3.of_shard(1).events, {b"shard": b"1"})
     new = entries_after(redis_client, keys3, "events", cursors)
     assert [(e.shard, e.fields[b"shard"]) for e in new] == [(1, b"1")]
+    live = newest_cursors(redis_client, keys3, "events")  # a feed that starts now sees only what comes next
+    assert set(live) == {0, 1, 2} and entries_after(redis_client, keys3, "events", live) == []
+    redis_client.xadd(keys3.of_shard(2).events, {b"shard": b"2"})
+    assert [e.shard for e in entries_after(redis_client, keys3, "events", live)] == [2]
 
 
 def test_the_layout_is_recorded_then_enforced_while_the_old_one_has_work(redis_client):

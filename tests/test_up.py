@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from emotion.supervisor import failure_line
+from shared.streams import Keys
 from tests.proc_utils import clean_env, free_port
 from tests.test_pipeline import write_demo_video
 
@@ -278,6 +279,27 @@ def test_capture_heartbeat_counts_capture_replicas(start_up, up_env, redis_clien
     assert run.finish() == 0, run.stderr
     assert run.summary["stopped_by"] == "user"
     assert not list(redis_client.scan_iter(f"{prefix}:heartbeat:capture:*"))
+
+
+@pytest.mark.slow
+def test_sharded_run_gives_each_detector_a_camera(start_up, up_env, redis_client):
+    """EMOTION_SHARDS=2 with --detectors 2: camera i goes to shard i, each detector replica leases one
+    shard (neither stands by), and the summary covers both shards: nothing lost, all recorded."""
+    env = dict(up_env, EMOTION_SHARDS="2", EMOTION_CAPTURE__FPS="8")
+    run = start_up("up", "--source", "demo", "--source", "demo", "--detectors", "2", "--duration", "4", "--json",
+                   "--no-dashboard", env=env)
+    run.watch(until=lambda: "every process is running" in run.stderr)
+    prefix = up_env["EMOTION_PREFIX"]
+    beats = [json.loads(redis_client.get(k)) for k in redis_client.scan_iter(f"{prefix}:heartbeat:detector:*")]
+    assert sorted(tuple(b["shards"]) for b in beats) == [(0,), (1,)], beats
+    assert run.finish() == 0, run.stderr
+    summary = run.summary
+    assert summary["shards"] == 2 and summary["lost"] == 0 and summary["faces"] == summary["events"] > 0
+    assert summary["recorded"] == summary["events"] and all(summary["drained"].values())
+    keys = Keys(prefix, 2)
+    published = [int(redis_client.hget(shard.stats("capture"), "published") or 0) for shard in keys.all_shards()]
+    assert all(published) and sum(published) == summary["frames"]
+    assert not run.orphans(grace_s=5)
 
 
 # --- the supervisor's reading of a child's log -----------------------------------------------------
