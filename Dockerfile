@@ -117,7 +117,7 @@ WORKDIR /var/lib/emotion/data
 USER emotion
 # Healthy while an RQ worker registered from this container (its hostname) is alive in Redis.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import socket; from shared.redis_conn import connect; from shared.settings import Settings; c = connect(Settings().redis_url, socket_timeout=5); h = socket.gethostname().encode(); raise SystemExit(0 if any(c.hget(k, 'hostname') == h for k in c.smembers('rq:workers')) else 1)"]
+  CMD ["python", "-c", "import socket; from shared.redis_conn import connect; from shared.settings import Settings; s = Settings(); c = connect(s.queue_redis_url or s.redis_url, socket_timeout=5); h = socket.gethostname().encode(); raise SystemExit(0 if any(c.hget(k, 'hostname') == h for k in c.smembers('rq:workers')) else 1)"]
 CMD ["emotion", "worker"]
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ FROM app-base AS trainer
 COPY --from=builder-train /opt/venv /opt/venv
 USER emotion
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import socket; from shared.redis_conn import connect; from shared.settings import Settings; c = connect(Settings().redis_url, socket_timeout=5); h = socket.gethostname().encode(); raise SystemExit(0 if any(c.hget(k, 'hostname') == h for k in c.smembers('rq:workers')) else 1)"]
+  CMD ["python", "-c", "import socket; from shared.redis_conn import connect; from shared.settings import Settings; s = Settings(); c = connect(s.queue_redis_url or s.redis_url, socket_timeout=5); h = socket.gethostname().encode(); raise SystemExit(0 if any(c.hget(k, 'hostname') == h for k in c.smembers('rq:workers')) else 1)"]
 CMD ["emotion", "worker"]
 
 # ---------------------------------------------------------------------------------------------
@@ -139,8 +139,9 @@ COPY --from=builder /opt/venv /opt/venv
 RUN python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('tensorflow') is not None)"
 USER emotion
 # Stream services: healthy while a heartbeat written from this container (its hostname) is in
-# Redis; the heartbeat key expires when the consumer loop stops. docker-compose.yml overrides this
+# Redis (a cluster's nodes are all scanned); the heartbeat key expires when the replica stops (a
+# standby detector beats too). docker-compose.yml overrides this
 # for the dashboard (HTTP) and capture.
 HEALTHCHECK --interval=15s --timeout=10s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import json, socket; from shared.redis_conn import connect; from shared.settings import Settings; from shared.streams import Keys; s = Settings(); c = connect(s.redis_url, socket_timeout=5); h = socket.gethostname(); raise SystemExit(0 if any(json.loads(c.get(k) or b'{}').get('host') == h for k in c.scan_iter(match=Keys(s.prefix).heartbeat_pattern())) else 1)"]
+  CMD ["python", "-c", "import json, socket; from shared.redis_conn import connect; from shared.settings import Settings; from shared.streams import Keys; s = Settings(); c = connect(s.redis_url, cluster=s.redis_cluster, socket_timeout=5); h = socket.gethostname(); raise SystemExit(0 if any(json.loads(c.get(k) or b'{}').get('host') == h for k in c.scan_iter(match=Keys(s.prefix).heartbeat_pattern())) else 1)"]
 CMD ["emotion", "--help"]
