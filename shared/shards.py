@@ -10,13 +10,14 @@ Cluster would refuse.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
 import redis
 
 from shared.errors import StartupError
-from shared.redis_conn import Client
+from shared.redis_conn import Client, is_cluster
 from shared.schemas import Fields
 from shared.stream_state import GroupState, format_id, group_state, parse_id, text
 from shared.streams import Keys, StreamTable
@@ -24,6 +25,7 @@ from shared.streams import Keys, StreamTable
 log = logging.getLogger(__name__)
 
 PAGE = 1000
+POLL_S = 0.05  # how often a live reader of a sharded stream on a cluster looks for new entries
 
 
 # --- counters --------------------------------------------------------------------------------------
@@ -121,6 +123,42 @@ def newest_cursors(client: Client, keys: Keys, name: str) -> dict[int, tuple[int
     for shard in keys.all_shards():
         pipe.xrevrange(getattr(shard, name), count=1)
     return {shard: parse_id(newest[0][0]) for shard, newest in enumerate(pipe.execute()) if newest}
+
+
+def read_after(client: Client, keys: Keys, name: str, cursors: dict[int, tuple[int, int]], count: int,
+               block_ms: int) -> list[ShardEntry]:
+    """`entries_after`, waiting up to `block_ms` for something new: one XREAD BLOCK over every shard's
+    stream on a single node (or a cluster with one shard); on a cluster, where one read cannot span
+    slots, non-blocking reads of every shard every POLL_S until something comes."""
+    if keys.shards == 1 or not is_cluster(client):
+        streams = {getattr(shard, name): format_id(cursors.get(shard.shard, (0, 0))) for shard in keys.all_shards()}
+        by_key = {getattr(shard, name): shard.shard for shard in keys.all_shards()}
+        reply = client.xread(streams, count=count, block=max(1, block_ms))
+        return [ShardEntry(by_key[text(stream)], entry_id, fields) for stream, entries in reply or []
+                for entry_id, fields in entries]
+    deadline = time.monotonic() + block_ms / 1000
+    while True:
+        found = entries_after(client, keys, name, cursors, count)
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+
+
+def format_position(cursors: dict[int, tuple[int, int]], shards: int) -> str:
+    """A reader's place in every shard as one token (an SSE `id:`): the entry id with one shard, else
+    one id per shard joined by `_` (`1767225600123-0_1767225600120-4`)."""
+    return "_".join(format_id(cursors.get(shard, (0, 0))) for shard in range(shards))
+
+
+def parse_position(position: str, shards: int) -> dict[int, tuple[int, int]]:
+    """The cursors of `format_position`; a single entry id stands for every shard (ids are times, so
+    that resumes after the same moment). ValueError for anything else."""
+    parts = position.split("_")
+    if len(parts) == 1:
+        parts = parts * shards
+    if len(parts) != shards:
+        raise ValueError(f"a position of {len(parts)} shards, but the streams have {shards}")
+    return {shard: parse_id(part) for shard, part in enumerate(parts)}
 
 
 def advance(cursors: dict[int, tuple[int, int]], entries: list[ShardEntry]) -> None:

@@ -154,3 +154,28 @@ def test_the_other_commands_work_against_a_cluster(cluster, cluster_env, tmp_pat
     client.close()
     wrong = emotion("capture", "--source", "demo", "--camera-id", "solo", "--shard", "3", "--max-frames", "1")
     assert wrong.returncode == 2 and "capture.shard" in wrong.stderr
+
+
+def test_live_readers_follow_every_shard_on_a_cluster(cluster):
+    """The dashboard's event window and the API's live feed on a cluster, where one read cannot span
+    the shards' slots: each shard is read on its own master, and nothing is missed."""
+    from services.dashboard.api.stream import event_feed, start_id
+    from services.dashboard.live import EventWindow
+    from tests.test_dashboard_support import emotion_event
+    from shared.schemas import encode
+
+    client = connect(cluster.url, cluster=True)
+    keys = Keys(f"cl{uuid.uuid4().hex[:6]}", SHARDS)
+    try:
+        window = EventWindow(client, keys)
+        window.refresh()
+        after = start_id(client, keys)
+        for shard in keys.all_shards():
+            client.xadd(shard.events, encode(emotion_event(f"cam{shard.shard}", 1)))
+        assert sorted(e.event.camera_id for e in window.refresh()) == ["cam0", "cam1", "cam2"]
+        text = "".join(event_feed(client, keys, after=after, camera=None, max_s=0.6, heartbeat_s=1))
+        assert sum(1 for line in text.splitlines() if line == "event: emotion") == SHARDS
+    finally:
+        for key in list(client.scan_iter(match=f"{keys.prefix}:*")):
+            client.delete(key)
+        client.close()

@@ -14,6 +14,7 @@ import requests
 
 from services.dashboard.api.stream import StreamSlots, event_feed, start_id
 from shared.schemas import encode
+from shared.streams import Keys
 from tests.test_dashboard_api_support import start_dashboard
 from tests.test_dashboard_support import emotion_event, served_model_dir  # noqa: F401
 
@@ -101,6 +102,24 @@ def test_feed_resumes_after_an_id_and_reports_a_redis_outage(redis_client, keys)
                                         redis_url="redis://127.0.0.1:1/0")))
     assert messages[-1]["event"] == "error" and messages[-1]["id"] == second
     assert json.loads(messages[-1]["data"])["error"].startswith("Redis at redis://127.0.0.1:1/0 is not answering")
+
+
+def test_a_feed_follows_every_shard_and_its_ids_name_a_position_in_each(redis_client):
+    """With EMOTION_SHARDS=2 the events of both shards reach the feed, and an SSE id is one entry id per
+    shard, so resuming from it misses nothing in either."""
+    keys = Keys("t", 2)
+    start = start_id(redis_client, keys)
+    assert start == "0-0_0-0"
+    one = redis_client.xadd(keys.of_shard(1).events, encode(emotion_event("cam1", 1))).decode()
+    zero = redis_client.xadd(keys.of_shard(0).events, encode(emotion_event("cam0", 1))).decode()
+    messages = parse("".join(event_feed(redis_client, keys, after=start, camera=None, max_s=0.5, heartbeat_s=1)))
+    emotions = [m for m in messages if m.get("event") == "emotion"]
+    assert sorted(json.loads(m["data"])["camera_id"] for m in emotions) == ["cam0", "cam1"]
+    end = messages[-1]["id"]
+    assert end == f"{zero}_{one}"
+    later = redis_client.xadd(keys.of_shard(1).events, encode(emotion_event("cam1", 2))).decode()
+    resumed = parse("".join(event_feed(redis_client, keys, after=end, camera=None, max_s=0.3, heartbeat_s=1)))
+    assert [m["id"] for m in resumed if m.get("event") == "emotion"] == [f"{zero}_{later}"]
 
 
 def test_slots_are_bounded_and_release_once():

@@ -19,6 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from shared.emotions import EMOTIONS
 from shared.registry import ROLES
 from shared.schemas import CAMERA_ID_PATTERN, BBox
+from shared.streams import MAX_SHARDS
 from shared.store.writer import to_utc
 
 API_VERSION = "1.0.0"
@@ -63,8 +64,9 @@ SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-
                                  description="a session id")]
 Cursor = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+$",
                               description="next_cursor of the previous page (opaque)")]
-StreamId = Annotated[str, Field(max_length=41, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$",
-                                description="a Redis stream entry id (the `id:` of an SSE message)")]
+StreamId = Annotated[str, Field(max_length=42 * MAX_SHARDS, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?(_[0-9]{1,20}(-[0-9]{1,20})?)*$",
+                                description="a Redis stream entry id (the `id:` of an SSE message); with several "
+                                            "shards, one per shard joined by `_`")]
 
 
 class _Query(BaseModel):

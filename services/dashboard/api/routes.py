@@ -25,6 +25,7 @@ from services.dashboard.api.models import (MAX_PAGE, Aggregates, AggregatesQuery
 from services.dashboard.api.stream import StreamSlots, event_feed, start_id
 from services.dashboard.context import DashboardContext, SourceUnavailable
 from shared.analyze import AnalyzeResult
+from shared.shards import parse_position
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +217,11 @@ def make_blueprint(ctx: DashboardContext, document: dict) -> Blueprint:
         last_id = query.last_event_id
         if header is not None:
             last_id = parse_value(StreamId, header.strip(), "header 'Last-Event-ID'")
+        if last_id is not None:
+            try:
+                parse_position(last_id, ctx.keys.shards)
+            except ValueError as exc:
+                raise ApiError(400, f"Last-Event-ID {last_id}: {exc}") from None
         release = slots.acquire()
         if release is None:
             raise ApiError(503, f"all {slots.limit} live feeds are in use; retry shortly",

@@ -1,6 +1,6 @@
 """The live feed for programs: emotion events as server-sent events, read from the events stream.
 
-    id: 1767225600123-0
+    id: 1767225600123-0            (with EMOTION_SHARDS=N: one entry id per shard, joined by `_`)
     event: emotion
     data: {"event_id": ..., the same Event object as GET /api/v1/events}
 
@@ -8,8 +8,9 @@ Each response is bounded, because it holds one of the server's few threads (wait
 - at most `dashboard.max_streams` feeds are open at once; one more is answered 503 with Retry-After;
 - a feed ends after `dashboard.stream_max_s` with an `end` event whose `id:` is the position read so
   far, and EventSource (or any client sending Last-Event-ID) resumes there without a gap;
-- Redis is read with XREAD BLOCK of at most a second, so a pooled connection is borrowed per read,
-  never held by an idle feed, and the loop sees its deadline;
+- Redis is read with XREAD BLOCK of at most a second (every shard of the events stream: see
+  shared.shards.read_after), so a pooled connection is borrowed per read, never held by an idle
+  feed, and the loop sees its deadline;
 - an idle feed sends a comment line every `dashboard.stream_heartbeat_s`: proxies keep it open, and a
   write to a client that has gone raises in the server, which closes the response and frees the slot.
 """
@@ -25,6 +26,7 @@ import redis
 from services.dashboard.api.models import Error, Event, StreamEnd
 from shared.redis_conn import REDIS_DOWN_ERRORS, redact
 from shared.schemas import EmotionEvent, MessageError, decode
+from shared.shards import advance, format_position, newest_cursors, parse_position, read_after
 from shared.store.writer import event_row
 from shared.streams import Keys
 
@@ -71,12 +73,10 @@ def sse(*, data: str | None = None, event: str | None = None, id: str | None = N
 
 
 def start_id(client: redis.Redis, keys: Keys) -> str:
-    """The id of the newest entry, so the feed delivers what comes after it (`$` resolved once: a `$`
-    re-sent with every read would lose what arrives between two reads)."""
-    try:
-        return client.xinfo_stream(keys.events)["last-generated-id"].decode()
-    except redis.ResponseError:  # no stream yet: everything that will be added is new
-        return "0-0"
+    """The position of the newest entry of every shard, so the feed delivers what comes after it (`$`
+    resolved once: a `$` re-sent with every read would lose what arrives between two reads). A shard
+    with no stream yet starts at 0-0: everything that will be added is new."""
+    return format_position(newest_cursors(client, keys, "events"), keys.shards)
 
 
 def event_feed(client: redis.Redis, keys: Keys, *, after: str, camera: str | None, max_s: float, heartbeat_s: float,
@@ -84,31 +84,32 @@ def event_feed(client: redis.Redis, keys: Keys, *, after: str, camera: str | Non
     """SSE text for the events after entry `after` (optionally of one camera), for at most `max_s`."""
     deadline = clock() + max_s
     quiet_since = clock()
+    cursors = parse_position(after, keys.shards)
     yield (f"retry: {RETRY_MS}\n: live emotion events{' of camera ' + camera if camera else ''}; this response ends "
            f"after {max_s:g} s, reconnect with Last-Event-ID\n\n")
     while (now := clock()) < deadline:
         wait_s = min(BLOCK_MS / 1000, deadline - now, max(0.001, quiet_since + heartbeat_s - now))
         try:
-            reply = client.xread({keys.events: after}, count=READ_COUNT, block=max(1, int(wait_s * 1000)))
+            entries = read_after(client, keys, "events", cursors, READ_COUNT, int(wait_s * 1000))
         except REDIS_DOWN_ERRORS as exc:
             yield sse(event="error", id=after, data=Error(error=f"Redis at {redact(redis_url)} is not answering "
                                                               f"({type(exc).__name__}); reconnect later").model_dump_json())
             return
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                after = entry_id.decode()
-                # The stream is shared by every camera: skip other cameras' entries before decoding them.
-                if camera is not None and camera.encode() not in fields.get(b"meta", b""):
-                    continue
-                try:
-                    message = decode(EmotionEvent, fields)
-                except MessageError as exc:
-                    yield f": skipped entry {after}: {exc}\n\n"
-                    continue
-                if camera is not None and message.camera_id != camera:
-                    continue
-                yield sse(event="emotion", id=after, data=Event.from_row(event_row(message, None)).model_dump_json())
-                quiet_since = clock()
+        for entry in entries:
+            advance(cursors, [entry])
+            after = format_position(cursors, keys.shards)
+            # The stream is shared by every camera: skip other cameras' entries before decoding them.
+            if camera is not None and camera.encode() not in entry.fields.get(b"meta", b""):
+                continue
+            try:
+                message = decode(EmotionEvent, entry.fields)
+            except MessageError as exc:
+                yield f": skipped entry {entry.entry_id.decode()}: {exc}\n\n"
+                continue
+            if camera is not None and message.camera_id != camera:
+                continue
+            yield sse(event="emotion", id=after, data=Event.from_row(event_row(message, None)).model_dump_json())
+            quiet_since = clock()
         if clock() - quiet_since >= heartbeat_s:
             yield ": heartbeat\n\n"
             quiet_since = clock()
