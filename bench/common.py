@@ -233,6 +233,30 @@ def xadd_all(client: redis.Redis, stream: str, entries: list[dict[str, bytes]], 
         pipe.execute()
 
 
+def wait_until(done, timeout_s: float, what: str, interval_s: float = 0.005) -> None:
+    """Poll `done()` until it is true; RuntimeError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} after {timeout_s:.0f} s")
+        time.sleep(interval_s)
+
+
+def stop_processes(procs: list[subprocess.Popen], timeout_s: float = 20.0) -> None:
+    """SIGTERM every process group (a warm stop), SIGKILL those still there after `timeout_s`."""
+    import signal
+
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 # --- soak runs --------------------------------------------------------------------------------------
 
 def add_soak_arguments(parser, redis_env: str | None = None) -> None:

@@ -12,7 +12,6 @@ loading are therefore not in the measurement, and the classifier is the only sta
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,8 @@ from pathlib import Path
 
 import redis
 
-from bench.common import face_crops, face_entries, format_table, isolated, median, serving_model_dir, xadd_all
+from bench.common import (face_crops, face_entries, format_table, isolated, median, serving_model_dir, stop_processes,
+                          wait_until, xadd_all)
 from shared.model_runtime import read_metadata
 from shared.settings import Settings
 from shared.stream_state import group_state
@@ -58,22 +58,12 @@ def _drain_once(settings: Settings, client: redis.Redis, entries: list[dict[str,
             time.sleep(0.05)
         started = time.perf_counter()
         xadd_all(client, keys.faces, entries)
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while client.xlen(keys.events) < len(entries) or group_state(client, keys.faces, CLASSIFIER_GROUP).backlog:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"faces not drained after {DRAIN_TIMEOUT_S:.0f} s; see {log_dir}")
-            time.sleep(0.005)
+        wait_until(lambda: client.xlen(keys.events) >= len(entries)
+                   and not group_state(client, keys.faces, CLASSIFIER_GROUP).backlog,
+                   DRAIN_TIMEOUT_S, f"faces not drained (see {log_dir})")
         elapsed = time.perf_counter() - started
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_processes(procs)
     events, dead = client.xlen(keys.events), client.xlen(keys.dead(keys.faces))
     if events != len(entries) or dead:
         raise RuntimeError(f"scaling run with {replicas} replicas: {len(entries)} faces in, {events} events out, "

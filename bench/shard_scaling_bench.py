@@ -16,7 +16,6 @@ event, fails the run.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,10 +24,10 @@ from pathlib import Path
 
 import redis
 
-from bench.common import format_table, frame_entries, isolated, median, xadd_all
+from bench.common import format_table, frame_entries, isolated, median, stop_processes, wait_until, xadd_all
 from shared.heartbeats import read_heartbeats
 from shared.settings import Settings
-from shared.shards import backlog, stats_of
+from shared.shards import backlog, service_stats, stats_of
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, FRAMES_RETENTION, Keys
 
 READY_TIMEOUT_S = 120.0
@@ -78,27 +77,17 @@ def _run_once(settings: Settings, client: redis.Redis, keys: Keys, frames: dict[
         started = time.perf_counter()
         for shard, entries in frames.items():
             xadd_all(client, keys.of_shard(shard).frames, entries, chunk=50)
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while True:
-            stats = stats_of(client, keys, ("detector", "classifier"))
-            done = stats["detector"].get("entries_in", 0) + stats["detector"].get("dead", 0) >= total
-            if done and backlog(client, keys, "faces", CLASSIFIER_GROUP) == 0 \
-                    and backlog(client, keys, "frames", DETECTOR_GROUP) == 0:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not drained after {DRAIN_TIMEOUT_S:.0f} s; see {log_dir}")
-            time.sleep(0.01)
+        def drained() -> bool:
+            detector = service_stats(client, keys, "detector")
+            return (detector.get("entries_in", 0) + detector.get("dead", 0) >= total
+                    and backlog(client, keys, "faces", CLASSIFIER_GROUP) == 0
+                    and backlog(client, keys, "frames", DETECTOR_GROUP) == 0)
+
+        wait_until(drained, DRAIN_TIMEOUT_S, f"frames not drained (see {log_dir})", interval_s=0.01)
         elapsed = time.perf_counter() - started
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_processes(procs)
+    stats = stats_of(client, keys, ("detector", "classifier"))
     faces, events = stats["detector"].get("entries_out", 0), stats["classifier"].get("entries_out", 0)
     processed = stats["detector"].get("entries_in", 0)
     if processed != total or events != faces or stats["detector"].get("dead") or stats["classifier"].get("dead"):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -34,7 +33,7 @@ from shared.leases import ShardLeases, fair_share, take_over
 from shared.redis_conn import REDIS_DOWN_ERRORS, Client
 from shared.settings import WorkerSettings
 from shared.streams import Keys
-from shared.worker import StreamWorker, WorkerStats, default_consumer_name
+from shared.worker import StreamWorker, WorkerStats, default_consumer_name, install_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ class ShardedReplica:
         self.running: dict[int, _Running] = {}
         self._done = WorkerStats(started_ms=int(time.time() * 1000))  # counters of workers that ended
         self._extra: dict = {}  # processor fields of the last heartbeat, kept while on standby
-        self._signals = 0
         self._last_beat = 0.0
         self._rounds = 0
         self.failed: BaseException | None = None
@@ -75,16 +73,7 @@ class ShardedReplica:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        def _on_signal(signum, _frame):
-            self._signals += 1
-            if self._signals > 1:
-                log.warning("event=cold_stop service=%s signal=%s", self.service, signum)
-                os._exit(1)
-            log.info("event=warm_stop service=%s signal=%s", self.service, signum)
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        install_stop_signals(self.stop_event, self.service)
 
     def run(self) -> int:
         """Serve until stopped; 0 after a warm stop, 1 when a shard's worker died of an error."""

@@ -96,6 +96,24 @@ class _InFlight(Generic[M]):
     busy_s: float
 
 
+def install_stop_signals(stop: threading.Event, service: str) -> None:
+    """SIGTERM/SIGINT: the first sets `stop` (a warm stop: the batch in hand is finished), a second
+    exits at once (a cold stop)."""
+    received = 0
+
+    def _on_signal(signum, _frame):
+        nonlocal received
+        received += 1
+        if received > 1:
+            log.warning("event=cold_stop service=%s signal=%s", service, signum)
+            os._exit(1)
+        log.info("event=warm_stop service=%s signal=%s", service, signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+
 def default_consumer_name(service: str) -> str:
     """host-pid-random: unique per replica, so replicas never read each other's pending entries."""
     return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -120,7 +138,6 @@ class StreamWorker(Generic[M]):
         self._published: set[str] = set()
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
-        self._signals = 0
         self._last_claim = 0.0
         self._last_heartbeat = 0.0
         self._own_pending_done = False
@@ -135,16 +152,7 @@ class StreamWorker(Generic[M]):
     # --- lifecycle ---------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        def _on_signal(signum, _frame):
-            self._signals += 1
-            if self._signals > 1:
-                log.warning("event=cold_stop service=%s signal=%s", self.service, signum)
-                os._exit(1)
-            log.info("event=warm_stop service=%s signal=%s", self.service, signum)
-            self.stop_event.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        install_stop_signals(self.stop_event, self.service)
 
     def run(self, *, max_entries: int | None = None, burst: bool = False) -> int:
         """Loop until stopped; `burst` returns once nothing is pending or new (how tests drive it)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import threading
 
-import pytest
-
 from shared.leases import ShardLeases
 from shared.settings import WorkerSettings
 from shared.sharded import ShardedReplica
