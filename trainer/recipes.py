@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CAMPAIGN_FILE = "campaign.json"  # config, position and history
 WEIGHTS_FILE = "weights.npz"  # float16 weights after the last finished epoch
@@ -21,7 +21,8 @@ BEST_FILE = "best.npz"  # float16 weights of the best epoch on PublicTest
 TEACHER_FILE = "teacher.npz"  # a distillation's teacher, frozen when the campaign starts
 CURVE_FILE = "curve.png"  # learning curve, redrawn after every epoch
 
-ARCHITECTURES = ("vgg", "vgg64", "compact", "compact16", "compact48", "baseline")
+Architecture = Literal["vgg", "vgg64", "compact", "compact16", "compact48", "baseline"]  # trainer.models factories
+ARCHITECTURES = get_args(Architecture)
 
 
 class Recipe(BaseModel):
@@ -29,7 +30,7 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    architecture: str = Field("vgg", description=f"one of {', '.join(ARCHITECTURES)}")
+    architecture: Architecture = "vgg"
     input_size: int = Field(44, ge=32, le=48, description="side of the random crops the network sees")
     cycles: list[int] = Field([20, 40, 80], min_length=1,
                               description="epochs per cosine cycle; each cycle restarts the learning rate")
@@ -55,13 +56,6 @@ class Recipe(BaseModel):
     seed: int = 1337
     checkpoint_every: int = Field(1, ge=1, description="validate and save the state every N epochs (and at "
                                                          "every cycle end); a fast GPU saves time with 10")
-
-    @field_validator("architecture")
-    @classmethod
-    def _known(cls, value: str) -> str:
-        if value not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHITECTURES)}")
-        return value
 
     @model_validator(mode="after")
     def _crops(self) -> "Recipe":
