@@ -98,11 +98,14 @@ class Supervisor:
         self.children: list[Child] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, role: str, *args: str, name: str | None = None, may_finish: bool = False) -> Child:
+    def start(self, role: str, *args: str, name: str | None = None, may_finish: bool = False,
+              env: dict[str, str] | None = None) -> Child:
+        """`env`: variables of this child only, over the common environment (its metrics port)."""
         index = len(self.of(role))
         log_path = self.log_dir / f"{role}-{index}.log"
         with open(log_path, "ab") as log_file:
-            popen = subprocess.Popen([sys.executable, "-m", "emotion", *args], env=self.env, stdout=log_file,
+            popen = subprocess.Popen([sys.executable, "-m", "emotion", *args], env={**self.env, **(env or {})},
+                                     stdout=log_file,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                      preexec_fn=_die_with_parent(os.getpid()))
         child = Child(role, name or role, popen, log_path, may_finish=may_finish)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import webbrowser
@@ -77,6 +78,36 @@ def ensure_redis(settings: Settings, data_dir: Path) -> tuple[str, object | None
     print(f"Redis at {redact(settings.redis_url)} is not answering: using an embedded Redis for this run",
           file=sys.stderr)
     return f"unix://{embedded.socket_file}", embedded
+
+
+class MetricsPorts:
+    """A metrics port of its own for every stream process `up` starts: several captures and classifiers
+    share this host, so the services' default ports would collide. Free ports are asked of the kernel;
+    the URLs are printed at the start and listed in the summary (`metrics`). `EMOTION_METRICS__PORT=0`
+    keeps every metrics server off."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.host = settings.metrics.host
+        self.enabled = settings.metrics.port != 0
+        self.urls: dict[str, str] = {}
+        self._taken: set[int] = set()
+
+    def env_for(self, name: str) -> dict[str, str]:
+        if not self.enabled:
+            return {}
+        port = self._free_port()
+        shown = LOCAL_PROBE.get(self.host, self.host)
+        self.urls[name] = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/metrics"
+        return {"EMOTION_METRICS__PORT": str(port)}
+
+    def _free_port(self) -> int:
+        while True:
+            with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as sock:
+                sock.bind((self.host, 0))
+                port = sock.getsockname()[1]
+            if port not in self._taken:
+                self._taken.add(port)
+                return port
 
 
 class StopRequests:
@@ -259,6 +290,7 @@ def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str
         env["EMOTION_DASHBOARD__PORT"] = str(options.dashboard_port)
     log_dir = options.log_dir or settings.data_dir / "logs" / session_id
     supervisor = Supervisor(env, log_dir)
+    ports = MetricsPorts(settings)
     cameras = {f"cam{index}": source for index, source in enumerate(options.sources)}
     url = dashboard_url(settings, options.dashboard_port) if options.dashboard else None
     before = _counters(client, keys)
@@ -271,21 +303,28 @@ def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str
         _session_marker(settings.database_url, session_id, cameras, opening=True)
     try:
         if options.recorder:
-            supervisor.start("recorder", "recorder")
+            supervisor.start("recorder", "recorder", env=ports.env_for("recorder"))
         for index in range(options.detectors):
-            supervisor.start("detector", "detector", name=f"detector {index}" if options.detectors > 1 else "detector")
+            name = f"detector {index}" if options.detectors > 1 else "detector"
+            supervisor.start("detector", "detector", name=name, env=ports.env_for(name))
         for index in range(options.classifiers):
-            supervisor.start("classifier", "classifier", name=f"classifier {index}")
+            supervisor.start("classifier", "classifier", name=f"classifier {index}",
+                             env=ports.env_for(f"classifier {index}"))
         if options.dashboard:
             supervisor.start("dashboard", "dashboard")
         if options.worker:
             supervisor.start("worker", "worker")
         for index, (camera, source) in enumerate(cameras.items()):
             supervisor.start("capture", "capture", "--source", source, "--camera-id", camera, "--session", session_id,
-                             "--shard", str(index % keys.shards), name=f"capture {camera} ({source})", may_finish=True)
+                             "--shard", str(index % keys.shards), name=f"capture {camera} ({source})", may_finish=True,
+                             env=ports.env_for(f"capture {camera}"))
+        if url:
+            ports.urls["dashboard"] = url + "metrics"
         shards = f", {keys.shards} shards" if keys.shards > 1 else ""
         _say(f"session {session_id}, {len(cameras)} camera(s), {options.detectors} detector(s), "
              f"{options.classifiers} classifier(s){shards}; logs in {log_dir}")
+        if ports.urls:
+            _say("metrics: " + ", ".join(f"{name} {where}" for name, where in ports.urls.items()))
         stopped_by, errors = _watch(supervisor, client, keys, options, url, stops)
         supervisor.stop("capture")
         if stopped_by != "error":
@@ -304,6 +343,7 @@ def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str
         if not keep_dashboard:
             supervisor.stop_all()
     summary = _summary(client, keys, before, session_id, started_ms, redis_url, drained, stopped_by, errors)
+    summary["metrics"] = ports.urls
     if options.recorder:
         _session_marker(settings.database_url, session_id, cameras, opening=False)
         latencies = recorded_latencies(settings.database_url, session_id)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 import redis
 
+from shared.metrics import ServiceMetrics
 from shared.schemas import _Message
 
 M = TypeVar("M", bound=_Message)
@@ -30,16 +31,20 @@ class Outbound:
 class Counters:
     """Counters of one processor. `add` as work is done; the loop `take`s what is new and adds it to
     the service's stats hash in the same transaction as the batch's acknowledgement; `totals` keeps
-    everything since start (for the heartbeat)."""
+    everything since start (for the heartbeat); `sink`, when the worker sets one, gets every addition
+    too (the process's Prometheus counters, shared/metrics.py)."""
 
     def __init__(self) -> None:
         self._new: dict[str, int] = {}
         self.totals: dict[str, int] = {}
+        self.sink: Callable[[str, int], None] | None = None
 
     def add(self, name: str, amount: int = 1) -> None:
         if amount:
             self._new[name] = self._new.get(name, 0) + amount
             self.totals[name] = self.totals.get(name, 0) + amount
+            if self.sink is not None:
+                self.sink(name, amount)
 
     def take(self) -> dict[str, int]:
         new, self._new = self._new, {}
@@ -65,6 +70,11 @@ class Processor(Generic[M]):
     def counters(self) -> Counters:
         return Counters()
 
+    @cached_property
+    def metrics(self) -> ServiceMetrics:
+        """Where latencies and timings go; the worker replaces it with the served ones of its process."""
+        return ServiceMetrics(type(self).__name__, process=False)
+
     def handle(self, batch: list[M]) -> list[Outbound]:
         return self.finish(batch, self.prepare(batch))
 
@@ -80,6 +90,15 @@ class Processor(Generic[M]):
     def heartbeat_info(self) -> dict:
         """Extra fields for this replica's heartbeat."""
         return {}
+
+    def model_info(self) -> dict | None:
+        """For a processor that serves a model: what it serves (the `emotion_model_info` labels; None
+        while none is loaded, which /readyz reports). Processors without a model return None."""
+        return None
+
+    @classmethod
+    def serves_model(cls) -> bool:
+        return cls.model_info is not Processor.model_info
 
     @classmethod
     def splits_prepare(cls) -> bool:

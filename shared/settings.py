@@ -130,6 +130,22 @@ class DashboardSettings(_Section):
         return value.strip() or None if value is not None else None
 
 
+class MetricsSettings(_Section):
+    """Each process's /metrics, /healthz and /readyz (shared/metrics.py); the dashboard serves /metrics
+    on its own port instead."""
+
+    port: int | None = Field(None, ge=0, le=65535, description="port of /metrics, /healthz and /readyz; unset: the "
+                                                              "service's default (capture 9181, detector 9182, "
+                                                              "classifier 9183, recorder 9184; when that one is "
+                                                              "taken, a free port, logged); 0 turns it off")
+    host: str = Field("127.0.0.1", description="address the metrics server listens on (0.0.0.0 in containers, "
+                                               "so Prometheus can scrape it)")
+    liveness_s: float = Field(60.0, gt=0, description="/healthz fails once the loop has not iterated for this long "
+                                                      "(longer than worker.backoff_max_s: an outage is not a hang)")
+    linger_s: float = Field(0.0, ge=0, le=300, description="after a warm stop, keep /metrics answering this long, "
+                                                           "so a last scrape sees the final counts")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMOTION_", env_nested_delimiter="__", extra="forbid")
 
@@ -163,6 +179,7 @@ class Settings(BaseSettings):
     analyze: AnalyzeSettings = AnalyzeSettings()
     recorder: RecorderSettings = RecorderSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("redis_url", "queue_redis_url")
     @classmethod

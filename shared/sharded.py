@@ -30,6 +30,7 @@ from typing import Callable
 
 from shared.heartbeats import read_heartbeats
 from shared.leases import ShardLeases, fair_share, take_over
+from shared.metrics import ServiceMetrics
 from shared.redis_conn import REDIS_DOWN_ERRORS, Client
 from shared.settings import WorkerSettings
 from shared.streams import Keys
@@ -69,6 +70,11 @@ class ShardedReplica:
         self._last_beat = 0.0
         self._rounds = 0
         self.failed: BaseException | None = None
+        self.metrics: ServiceMetrics | None = None
+
+    def use_metrics(self, metrics: ServiceMetrics) -> None:
+        """Every shard's worker reports to the process's served metrics (one registry, one port)."""
+        self.metrics = metrics
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -121,6 +127,8 @@ class ShardedReplica:
     def _start(self, shard: int) -> None:
         worker = self.make_worker(shard, self.consumer)
         worker.heartbeats = False
+        if self.metrics is not None:
+            worker.use_metrics(self.metrics)
         if self.leases is not None:
             worker.fence = self.leases.fence(shard)
             taken = take_over(self.client, worker.stream, worker.group, self.consumer)
@@ -232,6 +240,8 @@ class ShardedReplica:
         beat = {"service": self.service, "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
                 "ts_ms": int(time.time() * 1000), **totals, "busy_s": round(totals["busy_s"], 3), **self._extra,
                 "shards": shards, "of_shards": self.keys.shards}
+        if self.metrics is not None and self.metrics.port:
+            beat["metrics_port"] = self.metrics.port
         if self.leases is not None:
             beat["standby"] = not shards
             # Before its first chance to acquire, a replica only announces itself to its peers: it is

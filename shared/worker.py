@@ -42,6 +42,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, Sequence
@@ -49,6 +50,7 @@ from typing import Generic, Sequence
 import redis
 
 from shared.leases import Fence, FenceLost
+from shared.metrics import ServiceMetrics, groups_from_state
 from shared.processor import M, Outbound, Processor, TransientError
 from shared.redis_conn import REDIS_DOWN_ERRORS
 from shared.retention import apply_retention
@@ -137,6 +139,7 @@ class StreamWorker(Generic[M]):
         self.fence = fence
         self._published: set[str] = set()
         self.stats = WorkerStats()
+        self.metrics = ServiceMetrics(service, process=False)  # unserved until use_metrics()
         self.stop_event = threading.Event()
         self._last_claim = 0.0
         self._last_heartbeat = 0.0
@@ -148,6 +151,17 @@ class StreamWorker(Generic[M]):
         self._overlap: ThreadPoolExecutor | None = None
         if settings.overlap_batches and processor.splits_prepare():
             self._overlap = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{service}-prepare")
+
+    def use_metrics(self, metrics: ServiceMetrics) -> None:
+        """Report to the process's served metrics: the loop's counters and timings, the processor's
+        (its Counters and its `metrics`), and at scrape time this group's lag and pending entries."""
+        self.metrics = self.processor.metrics = metrics
+        self.processor.counters.sink = metrics.count
+        metrics.watch_groups(groups_from_state(self.client, [(self.stream, self.group)]))
+        if self.processor.serves_model():
+            metrics.watch_model(self.processor.model_info)
+        for key in ("entries", "dead_letters", "reclaimed"):
+            metrics.touch(key, stream=self.stream)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -161,9 +175,12 @@ class StreamWorker(Generic[M]):
         backoff = self.settings.backoff_initial_s
         try:
             while not self.stop_event.is_set():
+                self.metrics.health.beat(self.service)  # /healthz: the loop is alive
                 try:
                     self._ensure_group()
                     handled = self.step()
+                    self.metrics.health.flag("redis", True)
+                    self.metrics.health.flag("downstream", True)
                     backoff = self.settings.backoff_initial_s
                     if max_entries is not None and self.stats.entries + self._in_flight_count() >= max_entries:
                         break
@@ -171,6 +188,8 @@ class StreamWorker(Generic[M]):
                         break
                 except REDIS_DOWN_ERRORS as exc:
                     self.stats.redis_errors += 1
+                    self.metrics.count("redis_errors")
+                    self.metrics.health.flag("redis", False)
                     # Whether the last commit landed is unknown: re-read our pending entries from Redis.
                     self._retry_entries = None
                     self._reread_pending()
@@ -184,6 +203,8 @@ class StreamWorker(Generic[M]):
                     break
                 except TransientError as exc:
                     self.stats.transient_errors += 1
+                    self.metrics.count("transient_errors")
+                    self.metrics.health.flag("downstream", False)  # the recorder's database, say
                     log.warning("event=transient_error service=%s error=%s retry_in_s=%.1f", self.service, exc, backoff)
                     # Our unacked entries stay pending; read them again from the start after the pause.
                     self._reread_pending()
@@ -320,6 +341,7 @@ class StreamWorker(Generic[M]):
                 reclaimed += 1
         if reclaimed:
             self.stats.reclaimed += reclaimed
+            self.metrics.count("reclaimed", reclaimed, stream=self.stream)
             log.info("event=reclaimed service=%s consumer=%s entries=%d", self.service, self.consumer, reclaimed)
         return reclaimed
 
@@ -337,6 +359,7 @@ class StreamWorker(Generic[M]):
             report = apply_retention(self.client, spec)
             if report.capped_unacknowledged:
                 self.client.hincrby(self.keys.stats(self.service), "capped_unacknowledged", report.capped)
+                self.metrics.count("capped_unacknowledged", report.capped)
 
     def _delivery_counts(self, ids: Sequence[bytes]) -> dict[bytes, int]:
         counts: dict[bytes, int] = {}
@@ -394,6 +417,7 @@ class StreamWorker(Generic[M]):
 
     def _handle_and_commit(self, entries: list[tuple[bytes, Fields]], good: list[Delivery[M]],
                            dead: list[tuple[bytes, Fields, str]], prepared: Future | None) -> None:
+        started = time.perf_counter()
         outputs: list[Outbound] = []
         done_ids: list[bytes] = []
         if good:
@@ -416,6 +440,8 @@ class StreamWorker(Generic[M]):
         self._commit(outputs, done_ids, dead)
         self.stats.entries += len(entries)
         self.stats.batches += 1
+        self.metrics.observe("batch_size", len(entries), stream=self.stream)
+        self.metrics.observe("batch_duration", time.perf_counter() - started, stream=self.stream)
 
     def _process_one_by_one(self, good: list[Delivery[M]], dead: list, entries) -> tuple[list[Outbound], list[bytes]]:
         raw = dict(entries)
@@ -466,6 +492,8 @@ class StreamWorker(Generic[M]):
             pipe.execute()
         except redis.WatchError:
             raise FenceLost(f"{self.fence.key} changed while committing") from None
+        self.metrics.committed(self.stream, done=len(done_ids), dead=len(dead), published=Counter(
+            spec.name for spec in map(self.streams.spec, (out.stream for out in outputs)) if spec is not None))
         self._published.update(out.stream for out in outputs)
         self.stats.outputs += len(outputs)
         self.stats.dead += len(dead)
@@ -489,5 +517,7 @@ class StreamWorker(Generic[M]):
         beat = {"service": self.service, "consumer": self.consumer, "host": socket.gethostname(),
                 "pid": os.getpid(), "ts_ms": int(time.time() * 1000), **self.stats.as_dict()}
         beat.update(self.processor.heartbeat_info())
+        if self.metrics.port:
+            beat["metrics_port"] = self.metrics.port
         self.client.set(self.keys.heartbeat(self.service, self.consumer), json.dumps(beat),
                         ex=self.settings.heartbeat_ttl_s)

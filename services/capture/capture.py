@@ -25,6 +25,7 @@ import numpy as np
 import redis
 
 from services.capture.sources import Source
+from shared.metrics import ServiceMetrics
 from shared.redis_conn import REDIS_DOWN_ERRORS, redact
 from shared.schemas import FrameMessage, encode
 from shared.settings import CaptureSettings
@@ -57,7 +58,7 @@ class Heartbeat:
         self.key = keys.heartbeat("capture", f"capture-{camera_id}-{socket.gethostname()}-{os.getpid()}")
         self._last = 0.0
 
-    def beat(self, stats: CaptureStats, source: str, force: bool = False) -> None:
+    def beat(self, stats: CaptureStats, source: str, force: bool = False, metrics_port: int | None = None) -> None:
         now = time.monotonic()
         if not force and now - self._last < HEARTBEAT_EVERY_S:
             return
@@ -66,6 +67,8 @@ class Heartbeat:
                 "source": redact(source), "host": socket.gethostname(), "pid": os.getpid(),
                 "ts_ms": int(time.time() * 1000), "started_ms": stats.started_ms, "entries": stats.published,
                 "shed": stats.shed, "dead": 0, "busy_s": round(stats.busy_s, 3)}
+        if metrics_port:
+            beat["metrics_port"] = metrics_port
         self.client.set(self.key, json.dumps(beat), ex=self.ttl_s)
 
     def clear(self) -> None:
@@ -107,8 +110,11 @@ class LagProbe:
 
 def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, source: Source, *, camera_id: str,
                 session_id: str, stop: threading.Event, max_frames: int | None = None,
-                heartbeat_ttl_s: int = 10) -> CaptureStats:
+                heartbeat_ttl_s: int = 10, metrics: ServiceMetrics | None = None) -> CaptureStats:
     stats = CaptureStats()
+    metrics = metrics or ServiceMetrics("capture", process=False)
+    metrics.touch("frames", camera=camera_id)
+    metrics.touch("frames_shed", camera=camera_id)
     interval = 1.0 / settings.fps
     next_due = time.monotonic()
     keys = keys.of_shard(settings.shard if settings.shard is not None else keys.shard_of(camera_id))
@@ -131,11 +137,13 @@ def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, sour
         next_due = max(next_due + interval, time.monotonic() - interval)
         stats.frames_read += 1
         started = time.monotonic()
+        metrics.health.beat("capture")
         try:
-            heartbeat.beat(stats, source.name)
+            heartbeat.beat(stats, source.name, metrics_port=metrics.port)
             if probe.lag() >= settings.shed_lag:
                 stats.shed += 1
                 client.hincrby(keys.stats("capture"), "shed", 1)
+                metrics.count("frames_shed", camera=camera_id)
                 continue
             jpeg, width, height = encode_frame(frame, settings)
             message = FrameMessage(camera_id=camera_id, session_id=session_id, frame_id=stats.frames_read - 1,
@@ -145,12 +153,17 @@ def run_capture(client: redis.Redis, keys: Keys, settings: CaptureSettings, sour
             pipe.hincrby(keys.stats("capture"), "published", 1)
             pipe.execute()
             stats.published += 1
+            metrics.count("frames", camera=camera_id)
+            metrics.health.flag("redis", True)
             stats.busy_s += time.monotonic() - started  # encoding and publishing, not pacing
             backoff = 0.5
         except REDIS_DOWN_ERRORS as exc:
             # Live frames are not worth queueing while Redis is away: count them and retry later.
             stats.redis_errors += 1
             stats.shed += 1
+            metrics.count("redis_errors")
+            metrics.count("frames_shed", camera=camera_id)
+            metrics.health.flag("redis", False)
             log.warning("event=redis_down service=capture camera=%s error=%r retry_in_s=%.1f", camera_id, exc, backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 30.0)

@@ -11,6 +11,7 @@ from services.capture.capture import run_capture
 from services.capture.sources import SourceError, open_source
 from shared.bootstrap import redis_from
 from shared.errors import StartupError
+from shared.metrics import serve_metrics
 from shared.session import new_session_id
 from shared.settings import Settings
 from shared.shards import claim_layout
@@ -39,9 +40,10 @@ def run(settings: Settings, *, session_id: str | None = None, max_frames: int | 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stats = run_capture(client, Keys.of(settings), capture, source, camera_id=capture.camera_id,
-                        session_id=session_id or new_session_id(), stop=stop, max_frames=max_frames,
-                        heartbeat_ttl_s=settings.worker.heartbeat_ttl_s)
+    with serve_metrics(settings, "capture") as metrics:
+        stats = run_capture(client, Keys.of(settings), capture, source, camera_id=capture.camera_id,
+                            session_id=session_id or new_session_id(), stop=stop, max_frames=max_frames,
+                            heartbeat_ttl_s=settings.worker.heartbeat_ttl_s, metrics=metrics)
     if print_json:
         print(json.dumps(stats.__dict__))
     return 0

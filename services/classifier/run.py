@@ -4,6 +4,7 @@ per shard of the faces stream (shared/sharded.py): replicas share every shard th
 from __future__ import annotations
 
 from shared.bootstrap import redis_from, registry_from
+from shared.metrics import serve_metrics
 from shared.model_follower import ModelFollower
 from shared.model_runtime import EmotionModel
 from shared.settings import Settings
@@ -45,6 +46,8 @@ def check(settings: Settings) -> dict:
 def run(settings: Settings) -> int:
     client = redis_from(settings)
     claim_layout(client, Keys.of(settings))
-    replica = build_replica(settings, client)
-    replica.install_signal_handlers()
-    return replica.run()
+    with serve_metrics(settings, "classifier") as metrics:
+        replica = build_replica(settings, client)
+        replica.use_metrics(metrics)
+        replica.install_signal_handlers()
+        return replica.run()

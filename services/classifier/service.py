@@ -140,7 +140,9 @@ class ClassifierProcessor(Processor[FaceMessage]):
         (LiteRT releases the GIL while it computes) while the previous batch is being finished."""
         model = self.model  # one model for the whole batch, even if a swap lands meanwhile
         crops, mismatched = crops_for_model(batch, model)
+        started = time.perf_counter()
         probabilities = model.predict_tta(crops) if self.flip_tta else model.predict(crops)
+        self.metrics.observe("inference", time.perf_counter() - started)
         if not np.all(np.isfinite(probabilities)):
             raise ValueError("model produced non-finite probabilities")
         return Inference(model.version, model.preprocess.id, probabilities, mismatched)
@@ -150,8 +152,10 @@ class ClassifierProcessor(Processor[FaceMessage]):
         self.counters.add("resized_crops", inference.resized)
         self._count_mismatches(batch, inference)
         keys = [f"{f.camera_id}:{f.track_id}" for f in batch]
+        now_ms = int(time.time() * 1000)
         events, states = build_events(batch, inference.probabilities, inference.model_version,
-                                      self.tracks.load(keys), self.tau_ms, int(time.time() * 1000))
+                                      self.tracks.load(keys), self.tau_ms, now_ms)
+        self.metrics.stage("detect_to_classify", ((now_ms - face.detected_ms) / 1000 for face in batch))
         self._maybe_swap()  # between batches: a new model serves from the next prepare on
         # Saved with the worker's commit (stage_writes), so a batch that is retried does not smooth twice.
         self._unsaved_states.update(states)
@@ -161,6 +165,9 @@ class ClassifierProcessor(Processor[FaceMessage]):
         if self._unsaved_states:
             self.tracks.save(self._unsaved_states, pipe)
             self._unsaved_states = {}
+
+    def model_info(self) -> dict:
+        return {"version": self.model.version, "preprocess": self.model.preprocess.id}
 
     def heartbeat_info(self) -> dict:
         return {"model_version": self.model.version, "preprocess_mismatch": self.counters["preprocess_mismatch"],

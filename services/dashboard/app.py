@@ -14,12 +14,13 @@ from urllib.parse import parse_qs
 
 import dash
 from dash import Input, Output, dcc, html
-from flask import jsonify, request
+from flask import Response, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.dashboard import api, auth
 from services.dashboard.context import DashboardContext, SourceUnavailable
 from services.dashboard.pages import PAGES
+from shared.metrics import pipeline_metrics, render
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,15 @@ def _install_api(app: dash.Dash, ctx: DashboardContext) -> None:
         checks = ctx.readiness()
         ready = all(state == "ok" for state in checks.values())
         return jsonify(ready=ready, checks=checks), 200 if ready else 503
+
+    metrics = pipeline_metrics(ctx.redis, ctx.keys)
+
+    @server.route("/metrics")
+    def _metrics():
+        """Prometheus: the pipeline as Redis shows it (group lag, pending, replicas) and this process.
+        Answered without a token, like the probes: counts only, no camera, address or secret."""
+        body, content_type = render(metrics, request.headers.get("Accept", ""))
+        return Response(body, content_type=content_type)
 
     @server.route("/api/analyze", methods=["POST"])
     def _analyze():

@@ -36,7 +36,8 @@ COOKIE = "emotion_dashboard"
 MIN_SECRET_CHARS = 16
 # Values that ship in examples and documentation: whoever copied them has no secret at all.
 PLACEHOLDER_TOKENS = {"change-me-please", "change-me", "changeme", "your-token", "token", "secret"}
-PROBE_PATHS = {"/healthz", "/readyz"}  # answered without a token (container and Kubernetes probes)
+# Answered without a token: container and Kubernetes probes, and Prometheus (counts only, no secret)
+PROBE_PATHS = {"/healthz", "/readyz", "/metrics"}
 # Dash serves inline scripts and plotly evaluates code, hence 'unsafe-inline'/'unsafe-eval' for
 # scripts; everything is served by the dashboard itself, and no other site may frame it.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from shared.bootstrap import redis_from, registry_from
 from shared.faces import make_detector
+from shared.metrics import serve_metrics
 from shared.model_follower import ModelFollower
 from shared.model_runtime import read_metadata
 from shared.settings import Settings
@@ -47,6 +48,8 @@ def check(settings: Settings) -> dict:
 def run(settings: Settings) -> int:
     client = redis_from(settings)
     claim_layout(client, Keys.of(settings))
-    replica = build_replica(settings, client)
-    replica.install_signal_handlers()
-    return replica.run()
+    with serve_metrics(settings, "detector") as metrics:
+        replica = build_replica(settings, client)
+        replica.use_metrics(metrics)
+        replica.install_signal_handlers()
+        return replica.run()

@@ -148,9 +148,15 @@ class DetectorProcessor(Processor[FrameMessage]):
     def handle(self, batch: list[FrameMessage]) -> list[Outbound]:
         self._follow_model()
         result = self.finder.process(batch)
+        done_s = time.time()
+        self.metrics.stage("capture_to_detect", (done_s - frame.captured_ms / 1000 for frame in batch))
         self.counters.add("frames_without_faces", result.frames_without_faces)
         self.counters.add("faces_over_limit", result.faces_over_limit)
         return [Outbound(self.keys.faces, encode(face)) for face in result.faces]
+
+    def model_info(self) -> dict:
+        """What the detector crops for (the model's preprocessing) and how it finds faces."""
+        return {"preprocess": self.finder.preprocess.id, "backend": self.finder.detector.name}
 
     def heartbeat_info(self) -> dict:
         return {"frames_without_faces": self.counters["frames_without_faces"],

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from services.recorder.service import CropProcessor, RecorderProcessor, RetentionLoop
 from shared.bootstrap import redis_from
 from shared.errors import StartupError
+from shared.metrics import ServiceMetrics, serve_metrics
 from shared.settings import Settings
 from shared.store import (StoreUnavailable, check_url, describe_db_error, is_unavailable, make_engine, migrate,
                           redact_url)
@@ -90,6 +91,11 @@ def check(settings: Settings) -> dict:
 
 def run(settings: Settings) -> int:
     check(settings)
+    with serve_metrics(settings, "recorder") as metrics:
+        return _run(settings, metrics)
+
+
+def _run(settings: Settings, metrics: ServiceMetrics) -> int:
     try:
         engine = open_store(settings)
     except StoreUnavailable as exc:
@@ -97,6 +103,7 @@ def run(settings: Settings) -> int:
     client = redis_from(settings)
     claim_layout(client, Keys.of(settings))
     worker = build_replica(settings, client, engine)
+    worker.use_metrics(metrics)
     worker.install_signal_handlers()
     recorder = settings.recorder
     threads: list[threading.Thread] = [RetentionLoop(engine, recorder.retention_days, recorder.crop_max_age_days,
@@ -104,6 +111,7 @@ def run(settings: Settings) -> int:
     if recorder.keep_crops:
         crop_worker = build_replica(settings, client, engine, crops=True)
         crop_worker.stop_event = worker.stop_event
+        crop_worker.use_metrics(metrics)
         threads.append(threading.Thread(target=crop_worker.run, name="crops", daemon=True))
         log.warning("event=keep_crops face crops are stored in the event store for %d days", recorder.crop_max_age_days)
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -49,6 +50,9 @@ class RecorderProcessor(Processor[EmotionEvent]):
         inserted = _store_call("recording events", self.engine, record_events, batch,
                                datetime.now(timezone.utc))
         duplicates = len(batch) - inserted
+        stored_s = time.time()
+        self.metrics.stage("classify_to_record", (stored_s - e.times.classified_ms / 1000 for e in batch))
+        self.metrics.stage("end_to_end", (stored_s - e.times.captured_ms / 1000 for e in batch))
         self.counters.add("recorded", inserted)
         self.counters.add("duplicates", duplicates)
         if duplicates:

@@ -1,0 +1,453 @@
+"""Prometheus metrics of one process, every definition in one place.
+
+Each process has its own `ServiceMetrics` with its own registry (no global state: two workers in one
+test process never share a counter). The shared loop (shared/worker.py), the processors (through
+`Processor.metrics` and `Counters`) and capture feed it; `MetricsServer` serves it on the service's
+metrics port, beside the probes Kubernetes uses:
+
+- `GET /metrics`  the Prometheus text format (OpenMetrics when asked for);
+- `GET /healthz`  liveness: 200 while every loop of the process iterated within `metrics.liveness_s`
+  (a Redis or database outage does not fail it: the loop still iterates, backing off);
+- `GET /readyz`   readiness: 200 once the loop runs, its last Redis call succeeded and (detector,
+  classifier) a model is loaded; 503 with `checks` saying which is not, and during a stop.
+
+Names follow the Prometheus conventions: `emotion_` prefix, counters end in `_total`, durations are
+histograms in `_seconds`, the model is an info metric (`emotion_model_info`). Stream labels carry the
+stream's key (`emotion:faces`), so two deployments sharing a Prometheus stay apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
+
+# The metrics port of each service when `metrics.port` is not set (0 turns the server off). The
+# dashboard serves /metrics on its own port instead (services/dashboard/app.py).
+DEFAULT_PORTS = {"capture": 9181, "detector": 9182, "classifier": 9183, "recorder": 9184}
+
+# Seconds: a face normally crosses a stage in milliseconds; the upper buckets show a backlog.
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+STAGES = ("capture_to_detect", "detect_to_classify", "classify_to_record", "end_to_end")
+"""Values of the `stage` label of emotion_stage_latency_seconds: the detector observes the first, the
+classifier the second, the recorder the last two (end to end = captured -> stored)."""
+
+
+@dataclass(frozen=True)
+class CounterDef:
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistogramDef:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...]
+
+
+COUNTERS: dict[str, CounterDef] = {
+    # capture
+    "frames": CounterDef("emotion_frames_total", "Frames published to the frames stream", ("camera",)),
+    "frames_shed": CounterDef("emotion_frames_shed_total", "Frames capture dropped: the detector was shed_lag "
+                                                           "behind, or Redis was away", ("camera",)),
+    # what the loop publishes, by the stream's name in the table of streams (shared/streams.py)
+    "faces": CounterDef("emotion_faces_total", "Faces published by the detector"),
+    "events": CounterDef("emotion_events_total", "Emotion events published by the classifier"),
+    # the loop (every stream service)
+    "entries": CounterDef("emotion_entries_processed_total", "Stream entries handled and acknowledged "
+                                                             "(dead letters excluded)", ("stream",)),
+    "dead_letters": CounterDef("emotion_dead_letters_total", "Entries moved to <stream>:dead", ("stream",)),
+    "reclaimed": CounterDef("emotion_entries_reclaimed_total", "Entries taken over from consumers that stopped "
+                                                               "answering", ("stream",)),
+    "redis_errors": CounterDef("emotion_redis_errors_total", "Redis outages met (each retried with backoff)"),
+    "transient_errors": CounterDef("emotion_transient_errors_total", "Transient failures retried with backoff "
+                                                                     "(a database away)"),
+    # processors' own counters, by the name they give shared/processor.py Counters
+    "frames_without_faces": CounterDef("emotion_frames_without_faces_total", "Frames in which no face was found"),
+    "faces_over_limit": CounterDef("emotion_faces_over_limit_total", "Faces beyond detector.max_faces in a frame "
+                                                                     "(counted, not published)"),
+    "preprocess_mismatch": CounterDef("emotion_preprocess_mismatch_total", "Faces cropped for another model than "
+                                                                           "the one serving"),
+    "resized_crops": CounterDef("emotion_crops_resized_total", "Crops not at the model's input size (resized)"),
+    "recorded": CounterDef("emotion_events_recorded_total", "Events inserted into the event store"),
+    "duplicates": CounterDef("emotion_events_duplicate_total", "Redelivered events the store already had (skipped)"),
+    "capped_unacknowledged": CounterDef("emotion_entries_capped_total", "Entries a safety cap removed before every "
+                                                                        "group had acknowledged them (lost)"),
+}
+
+HISTOGRAMS: dict[str, HistogramDef] = {
+    "stage_latency": HistogramDef("emotion_stage_latency_seconds", "Time a face took from one stage to the next, by "
+                                  "stage: " + ", ".join(STAGES), ("stage",), LATENCY_BUCKETS),
+    "batch_size": HistogramDef("emotion_batch_entries", "Entries per batch read by the loop", ("stream",),
+                               BATCH_BUCKETS),
+    "batch_duration": HistogramDef("emotion_batch_duration_seconds", "Time to handle and commit one batch",
+                                   ("stream",), DURATION_BUCKETS),
+    "inference": HistogramDef("emotion_inference_duration_seconds", "Model inference per micro-batch (classifier)",
+                              (), DURATION_BUCKETS),
+}
+
+LOOP_METRICS = ("entries", "dead_letters", "reclaimed", "redis_errors", "transient_errors", "capped_unacknowledged",
+                "batch_size", "batch_duration")
+SERVICE_METRICS: dict[str, tuple[str, ...]] = {
+    "capture": ("frames", "frames_shed", "redis_errors"),
+    "detector": (*LOOP_METRICS, "faces", "frames_without_faces", "faces_over_limit", "stage_latency"),
+    "classifier": (*LOOP_METRICS, "events", "preprocess_mismatch", "resized_crops", "stage_latency", "inference"),
+    "recorder": (*LOOP_METRICS, "recorded", "duplicates", "stage_latency"),
+}
+"""What each service exports from its start (unlabelled counters at 0, so `rate()` sees the first
+increment); anything else a service counts appears at its first use."""
+
+GroupReader = Callable[[], Iterable[tuple[str, str, int | None, int]]]
+"""Yields (stream, group, lag, pending) when called: see `groups_from_state`."""
+
+
+class Health:
+    """What /healthz and /readyz answer from: each loop's last iteration, and named checks."""
+
+    def __init__(self, liveness_s: float) -> None:
+        self.liveness_s = liveness_s
+        self._beats: dict[str, float] = {}
+        self._checks: dict[str, Callable[[], bool]] = {}
+        self._flags: dict[str, bool] = {}
+        self.stopping = False
+
+    def beat(self, loop: str) -> None:
+        self._beats[loop] = time.monotonic()
+
+    def flag(self, name: str, ok: bool) -> None:
+        """A check the loop itself knows the answer to (its last Redis call succeeded)."""
+        self._flags[name] = ok
+
+    def add_check(self, name: str, check: Callable[[], bool]) -> None:
+        self._checks[name] = check
+
+    def live(self) -> tuple[bool, dict]:
+        now = time.monotonic()
+        ages = {loop: round(now - at, 3) for loop, at in self._beats.items()}
+        return all(age <= self.liveness_s for age in ages.values()), {"last_iteration_s": ages}
+
+    def ready(self) -> tuple[bool, dict]:
+        checks = {"loop": "ok" if self._beats else "not started"}
+        if self.stopping:
+            checks["loop"] = "stopping"
+        for name, ok in self._flags.items():
+            checks[name] = "ok" if ok else "unavailable"
+        for name, check in self._checks.items():
+            try:
+                checks[name] = "ok" if check() else "unavailable"
+            except Exception as exc:  # noqa: BLE001 - a probe answers, it never raises
+                checks[name] = f"unavailable ({type(exc).__name__})"
+        return all(state == "ok" for state in checks.values()), {"checks": checks}
+
+
+class ServiceMetrics:
+    """The metrics of one process (one service), in a registry of its own."""
+
+    def __init__(self, service: str, *, liveness_s: float = 60.0, process: bool = True) -> None:
+        self.service = service
+        self.registry = CollectorRegistry()
+        if process:  # CPU seconds, resident memory, open files of this process
+            ProcessCollector(registry=self.registry)
+        self.health = Health(liveness_s)
+        self.port: int | None = None  # once served
+        self._counters: dict[str, Counter] = {}
+        self._histograms: dict[str, Histogram] = {}
+        self._group_readers: list[GroupReader] = []
+        self._replicas: Callable[[], dict[str, int]] | None = None
+        self._model_info: list[Callable[[], dict | None]] = []
+        self._unknown_keys: set[str] = set()
+        self._lock = threading.Lock()
+        self.registry.register(_ScrapeTimeCollector(self))
+        for key in SERVICE_METRICS.get(service, ()):
+            self._metric(key)
+
+    # --- counting ----------------------------------------------------------------------------
+
+    def _metric(self, key: str) -> Counter | Histogram | None:
+        with self._lock:
+            if key in self._counters:
+                return self._counters[key]
+            if key in self._histograms:
+                return self._histograms[key]
+            if key in COUNTERS:
+                spec = COUNTERS[key]
+                metric = self._counters[key] = Counter(spec.name, spec.help, spec.labels, registry=self.registry)
+                return metric
+            if key in HISTOGRAMS:
+                spec = HISTOGRAMS[key]
+                metric = self._histograms[key] = Histogram(spec.name, spec.help, spec.labels, buckets=spec.buckets,
+                                                           registry=self.registry)
+                return metric
+        return None
+
+    def count(self, key: str, amount: float = 1, **labels: str) -> None:
+        """Add to the counter `key` of COUNTERS. An unknown key is logged once and ignored: counting
+        must never fail a batch."""
+        if not amount:
+            return
+        metric = self._metric(key)
+        if not isinstance(metric, Counter):
+            self._unknown(key)
+            return
+        (metric.labels(**labels) if labels else metric).inc(amount)
+
+    def observe(self, key: str, value: float, **labels: str) -> None:
+        metric = self._metric(key)
+        if not isinstance(metric, Histogram):
+            self._unknown(key)
+            return
+        (metric.labels(**labels) if labels else metric).observe(value)
+
+    def stage(self, stage: str, seconds: Iterable[float]) -> None:
+        """One latency observation per face (negative values, from clocks of two hosts, count as 0)."""
+        child = self._metric("stage_latency").labels(stage=stage)
+        for value in seconds:
+            child.observe(max(0.0, value))
+
+    def touch(self, key: str, **labels: str) -> None:
+        """Export a labelled counter at 0 before its first increment."""
+        metric = self._metric(key)
+        if metric is not None:
+            metric.labels(**labels)
+
+    def _unknown(self, key: str) -> None:
+        if key not in self._unknown_keys:
+            self._unknown_keys.add(key)
+            log.warning("event=metric_unknown service=%s metric=%s", self.service, key)
+
+    # --- what the shared loop reports --------------------------------------------------------
+
+    def committed(self, stream: str, *, done: int, dead: int, published: dict[str, int]) -> None:
+        """After a batch's transaction: entries acknowledged, dead letters, outputs by stream name."""
+        self.count("entries", done, stream=stream)
+        self.count("dead_letters", dead, stream=stream)
+        for name, amount in published.items():
+            if name in COUNTERS:
+                self.count(name, amount)
+
+    def watch_groups(self, reader: GroupReader) -> None:
+        self._group_readers.append(reader)
+
+    def watch_replicas(self, count: Callable[[], dict[str, int]]) -> None:
+        """At scrape time: live processes per service (the dashboard, from the heartbeats)."""
+        self._replicas = count
+
+    def watch_model(self, info: Callable[[], dict | None]) -> None:
+        self._model_info.append(info)
+        self.health.add_check("model", lambda: all(read() is not None for read in self._model_info))
+
+
+def pipeline_metrics(client, keys) -> ServiceMetrics:
+    """The dashboard's /metrics: the whole pipeline seen from Redis at scrape time (every declared
+    group's lag and pending entries, live replicas per service), with the dashboard process's own."""
+    from shared.heartbeats import read_heartbeats
+    from shared.streams import StreamTable
+
+    metrics = ServiceMetrics("dashboard")
+    metrics.watch_groups(groups_from_state(client, [(spec.key, group.name) for spec in StreamTable(keys)
+                                                    for group in spec.groups if not group.optional]))
+
+    def replicas() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for beat in read_heartbeats(client, keys):
+            service = str(beat.get("service", "unknown"))
+            counts[service] = counts.get(service, 0) + 1
+        return counts
+
+    metrics.watch_replicas(replicas)
+    return metrics
+
+
+def render(metrics: ServiceMetrics, accept: str) -> tuple[bytes, str]:
+    """The exposition of `metrics` in the format the scraper asked for (Accept), and its content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(metrics.registry), content_type
+
+
+def groups_from_state(client, pairs: Iterable[tuple[str, str]]) -> GroupReader:
+    """A GroupReader for (stream, group) pairs, through the one reading of XINFO GROUPS (shared/stream_state.py)."""
+    from shared.stream_state import group_state
+
+    pairs = list(pairs)
+
+    def read():
+        for stream, group in pairs:
+            state = group_state(client, stream, group)
+            yield stream, group, state.lag, state.pending
+
+    return read
+
+
+class _ScrapeTimeCollector:
+    """Values read when Prometheus scrapes: consumer-group lag and pending entries, the model served.
+    Redis away at that moment: those series are left out of this scrape (readiness says why)."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from shared.redis_conn import REDIS_DOWN_ERRORS
+
+        lag = GaugeMetricFamily("emotion_consumer_group_lag", "Entries of the stream not yet delivered to the group",
+                                labels=("stream", "group"))
+        pending = GaugeMetricFamily("emotion_consumer_group_pending", "Entries delivered to the group's consumers "
+                                    "and not yet acknowledged", labels=("stream", "group"))
+        seen = set()
+        for reader in self.metrics._group_readers:
+            try:
+                for stream, group, lag_value, pending_value in reader():
+                    if (stream, group) in seen:
+                        continue
+                    seen.add((stream, group))
+                    if lag_value is not None:
+                        lag.add_metric((stream, group), lag_value)
+                    pending.add_metric((stream, group), pending_value)
+            except REDIS_DOWN_ERRORS as exc:
+                log.debug("event=metrics_groups_unavailable error=%r", exc)
+        if seen:
+            yield lag
+            yield pending
+        if self.metrics._replicas is not None:
+            try:
+                counts = self.metrics._replicas()
+            except REDIS_DOWN_ERRORS:
+                counts = None
+            if counts is not None:
+                replicas = GaugeMetricFamily("emotion_replicas", "Live processes per service (unexpired heartbeats)",
+                                             labels=("service",))
+                for service in dict.fromkeys(("capture", "detector", "classifier", "recorder", *sorted(counts))):
+                    replicas.add_metric((service,), counts.get(service, 0))  # 0 is a fact worth a series too
+                yield replicas
+        for read in self.metrics._model_info:
+            info = read()
+            if info:
+                yield InfoMetricFamily("emotion_model", "The model this process serves (or crops for)",
+                                       value={k: str(v) for k, v in info.items()})
+                break
+
+
+# --- the HTTP server -----------------------------------------------------------------------------
+
+class MetricsServer:
+    """/metrics, /healthz and /readyz of one process on its own port, served by a daemon thread."""
+
+    def __init__(self, metrics: ServiceMetrics, host: str, port: int) -> None:
+        self.metrics = metrics
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("_Server", (ThreadingHTTPServer,), {"address_family": family, "daemon_threads": True})
+        self.httpd = server_class((host, port), _handler_for(metrics))  # OSError when the port is taken
+        self.host, self.port = host, self.httpd.server_address[1]
+        metrics.port = self.port
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> "MetricsServer":
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "::1" if self.host == "::" else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/metrics"
+
+
+def _handler_for(metrics: ServiceMetrics) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "emotion-metrics"
+
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, *render(metrics, self.headers.get("Accept", "")))
+            elif path in ("/healthz", "/readyz"):
+                ok, body = metrics.health.live() if path == "/healthz" else metrics.health.ready()
+                payload = json.dumps({"ok": ok, "service": metrics.service, **body}).encode()
+                self._send(200 if ok else 503, payload, "application/json")
+            else:
+                self._send(404, b"not found: /metrics, /healthz or /readyz\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # noqa: A002 - scrapes are not worth a log line each
+            return
+
+    return Handler
+
+
+def serve_metrics(settings, service: str) -> "MetricsContext":
+    """The process's metrics, served as `settings.metrics` says (see MetricsContext)."""
+    return MetricsContext(settings.metrics, service)
+
+
+class MetricsContext:
+    """`with serve_metrics(settings, "detector") as metrics:` around a service's run.
+
+    Port: `metrics.port`, else the service's default (DEFAULT_PORTS); 0 serves nothing. An explicitly
+    set port that is taken stops the service (StartupError); a taken *default* port (a second
+    replica on one host) falls back to a free port, logged, and named in the heartbeat.
+    On exit: /readyz turns 503, and /metrics stays up `metrics.linger_s` so a last scrape sees the
+    final counts (counters incremented after the last scrape would otherwise never be seen).
+    """
+
+    def __init__(self, settings, service: str) -> None:
+        self.settings, self.service = settings, service
+        self.metrics = ServiceMetrics(service, liveness_s=settings.liveness_s)
+        self.server: MetricsServer | None = None
+
+    def __enter__(self) -> ServiceMetrics:
+        from shared.errors import StartupError
+
+        port = self.settings.port if self.settings.port is not None else DEFAULT_PORTS.get(self.service, 0)
+        if port == 0:
+            return self.metrics
+        try:
+            self.server = MetricsServer(self.metrics, self.settings.host, port)
+        except OSError as exc:
+            if self.settings.port is not None:
+                raise StartupError(f"cannot listen on {self.settings.host}:{port} for metrics "
+                                   f"(EMOTION_METRICS__PORT): {exc.strerror or exc}") from None
+            try:
+                self.server = MetricsServer(self.metrics, self.settings.host, 0)
+            except OSError as again:
+                raise StartupError(f"cannot listen on {self.settings.host} for metrics: "
+                                   f"{again.strerror or again}") from None
+            log.warning("event=metrics_port_taken service=%s wanted=%d using=%d", self.service, port, self.server.port)
+        self.server.start()
+        log.info("event=metrics_serving service=%s url=%s", self.service, self.server.url)
+        return self.metrics
+
+    def __exit__(self, *exc) -> None:
+        self.metrics.health.stopping = True
+        if self.server is None:
+            return
+        if self.settings.linger_s and exc[0] is None:
+            time.sleep(self.settings.linger_s)
+        self.server.close()
