@@ -4,12 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[train,dev]"
 	touch $(STAMP)
+
+# The [checkov] extra, alone in its own venv (its pins would downgrade the project's dependencies).
+$(CHECKOV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q $$($(PYTHON) -c "import tomllib; print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['checkov']))" | tr -d "'")
+	touch $(CHECKOV_STAMP)
 
 .PHONY: install up test services
 install: $(STAMP)
@@ -20,5 +28,5 @@ up: $(STAMP)
 services:
 	@bash scripts/ensure-services.sh
 
-test: $(STAMP) services
+test: $(STAMP) $(CHECKOV_STAMP) services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

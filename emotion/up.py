@@ -318,13 +318,13 @@ def _run(settings: Settings, options: UpOptions, redis_url: str, session_id: str
             supervisor.start("capture", "capture", "--source", source, "--camera-id", camera, "--session", session_id,
                              "--shard", str(index % keys.shards), name=f"capture {camera} ({source})", may_finish=True,
                              env=ports.env_for(f"capture {camera}"))
-        if url:
-            ports.urls["dashboard"] = url + "metrics"
         shards = f", {keys.shards} shards" if keys.shards > 1 else ""
         _say(f"session {session_id}, {len(cameras)} camera(s), {options.detectors} detector(s), "
              f"{options.classifiers} classifier(s){shards}; logs in {log_dir}")
-        if ports.urls:
+        if ports.urls:  # the dashboard's /metrics is on its own address, announced once it answers
             _say("metrics: " + ", ".join(f"{name} {where}" for name, where in ports.urls.items()))
+        if url and ports.enabled:
+            ports.urls["dashboard"] = url + "metrics"
         stopped_by, errors = _watch(supervisor, client, keys, options, url, stops)
         supervisor.stop("capture")
         if stopped_by != "error":

@@ -28,4 +28,17 @@ pg_isready -h 127.0.0.1 -p 5432 -q || echo "warning: PostgreSQL is not answering
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   apt_install chromium chromium-driver || echo "warning: could not install chromium; browser tests will fail" >&2
 fi
+# promtool (tests/test_monitoring.py validates the Prometheus config and the metrics with it): the
+# binary out of Debian's prometheus package, unpacked without installing it (no daemon is started).
+PROMTOOL_DIR=/var/cache/emotion-tools/prometheus
+if ! command -v promtool >/dev/null && [ ! -x "$PROMTOOL_DIR/usr/bin/promtool" ]; then
+  [ $apt_updated = 1 ] || { as_root apt-get update -qq >/dev/null; apt_updated=1; }
+  download=$(mktemp -d)
+  if (cd "$download" && as_root apt-get download -qq prometheus >/dev/null 2>&1); then
+    as_root mkdir -p "$PROMTOOL_DIR" && as_root dpkg -x "$download"/prometheus_*.deb "$PROMTOOL_DIR"
+  else
+    echo "warning: could not fetch Debian's prometheus package; the monitoring tests will fail" >&2
+  fi
+  rm -rf "$download"
+fi
 exit 0

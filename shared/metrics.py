@@ -103,6 +103,15 @@ HISTOGRAMS: dict[str, HistogramDef] = {
                               (), DURATION_BUCKETS),
 }
 
+# Read when Prometheus scrapes (see _ScrapeTimeCollector): name -> help.
+GAUGES: dict[str, str] = {
+    "emotion_consumer_group_lag": "Entries of the stream not yet delivered to the group",
+    "emotion_consumer_group_pending": "Entries delivered to the group's consumers and not yet acknowledged",
+    "emotion_replicas": "Live processes per service (unexpired heartbeats; the dashboard's /metrics)",
+}
+MODEL_INFO = ("emotion_model", "The model this process serves (classifier) or crops for (detector)")
+"""An info metric: exposed as emotion_model_info{...} 1."""
+
 LOOP_METRICS = ("entries", "dead_letters", "reclaimed", "redis_errors", "transient_errors", "capped_unacknowledged",
                 "batch_size", "batch_duration")
 SERVICE_METRICS: dict[str, tuple[str, ...]] = {
@@ -308,10 +317,10 @@ class _ScrapeTimeCollector:
     def collect(self):
         from shared.redis_conn import REDIS_DOWN_ERRORS
 
-        lag = GaugeMetricFamily("emotion_consumer_group_lag", "Entries of the stream not yet delivered to the group",
+        lag = GaugeMetricFamily("emotion_consumer_group_lag", GAUGES["emotion_consumer_group_lag"],
                                 labels=("stream", "group"))
-        pending = GaugeMetricFamily("emotion_consumer_group_pending", "Entries delivered to the group's consumers "
-                                    "and not yet acknowledged", labels=("stream", "group"))
+        pending = GaugeMetricFamily("emotion_consumer_group_pending", GAUGES["emotion_consumer_group_pending"],
+                                    labels=("stream", "group"))
         seen = set()
         for reader in self.metrics._group_readers:
             try:
@@ -333,16 +342,14 @@ class _ScrapeTimeCollector:
             except REDIS_DOWN_ERRORS:
                 counts = None
             if counts is not None:
-                replicas = GaugeMetricFamily("emotion_replicas", "Live processes per service (unexpired heartbeats)",
-                                             labels=("service",))
+                replicas = GaugeMetricFamily("emotion_replicas", GAUGES["emotion_replicas"], labels=("service",))
                 for service in dict.fromkeys(("capture", "detector", "classifier", "recorder", *sorted(counts))):
                     replicas.add_metric((service,), counts.get(service, 0))  # 0 is a fact worth a series too
                 yield replicas
         for read in self.metrics._model_info:
             info = read()
             if info:
-                yield InfoMetricFamily("emotion_model", "The model this process serves (or crops for)",
-                                       value={k: str(v) for k, v in info.items()})
+                yield InfoMetricFamily(*MODEL_INFO, value={k: str(v) for k, v in info.items()})
                 break
 
 
@@ -451,3 +458,11 @@ class MetricsContext:
         if self.settings.linger_s and exc[0] is None:
             time.sleep(self.settings.linger_s)
         self.server.close()
+
+
+def exported_names() -> set[str]:
+    """Every sample name this platform exports (what dashboards and alerts may refer to)."""
+    names = {spec.name for spec in COUNTERS.values()} | set(GAUGES) | {MODEL_INFO[0] + "_info"}
+    for spec in HISTOGRAMS.values():
+        names |= {spec.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+    return names

@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 VENV_BIN = Path(sys.executable).parent
-ALL_PROFILES = ("webcam", "gpu")
+ALL_PROFILES = ("webcam", "gpu", "monitoring")
 INFRA_SERVICES = ("redis", "postgres")  # run natively on the test machine, not by these tests
 
 COMPOSE_REDIS_URL = os.environ.get("TEST_COMPOSE_REDIS_URL", "redis://127.0.0.1:6379/4")
