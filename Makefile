@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 # The [checkov] extra, alone in its own venv (its pins would downgrade the project's dependencies).
 $(CHECKOV_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install -q $$($(PYTHON) -c "import tomllib; print(' '.join(repr(r) for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['checkov']))" | tr -d "'")
+	$(PYTHON) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['checkov']))" > $(CHECKOV_VENV)/requirements.txt
+	$(CHECKOV_VENV)/bin/pip install -q -r $(CHECKOV_VENV)/requirements.txt
 	touch $(CHECKOV_STAMP)
 
 .PHONY: install up test services
