@@ -15,6 +15,7 @@ classifiers have acknowledged it (see the table of streams in shared/streams.py)
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
