@@ -3,17 +3,24 @@
 Each process has its own `ServiceMetrics` with its own registry (no global state: two workers in one
 test process never share a counter). The shared loop (shared/worker.py), the processors (through
 `Processor.metrics` and `Counters`) and capture feed it; `MetricsServer` serves it on the service's
-metrics port, beside the probes Kubernetes uses:
+metrics port, beside the probes Kubernetes uses. A replica serving several shards (shared/sharded.py)
+runs one worker loop per shard on threads of one process: they all feed that process's one
+`ServiceMetrics` and are covered by its one pair of probes.
 
 - `GET /metrics`  the Prometheus text format (OpenMetrics when asked for);
-- `GET /healthz`  liveness: 200 while every loop of the process iterated within `metrics.liveness_s`
-  (a Redis or database outage does not fail it: the loop still iterates, backing off);
-- `GET /readyz`   readiness: 200 once the loop runs, its last Redis call succeeded and (detector,
-  classifier) a model is loaded; 503 with `checks` saying which is not, and during a stop.
+- `GET /healthz`  liveness: 200 while every loop of the process (a replica's own and each of its shard
+  loops) iterated within `metrics.liveness_s` (a Redis or database outage does not fail it: the
+  loop still iterates, backing off);
+- `GET /readyz`   readiness: 200 once the loops run, their last Redis call succeeded, (detector,
+  classifier) a model is loaded and (detector) the replica has had its first chance to lease
+  shards; 503 with `checks` saying which is not, and during a stop. A detector on standby (no
+  lease) is alive and ready, and serves 0 shards. Both name the shards the process serves.
 
 Names follow the Prometheus conventions: `emotion_` prefix, counters end in `_total`, durations are
 histograms in `_seconds`, the model is an info metric (`emotion_model_info`). Stream labels carry the
-stream's key (`emotion:faces`), so two deployments sharing a Prometheus stay apart.
+stream's key, shard tag included (`emotion:{0}:faces`), so each shard has its series and two
+deployments sharing a Prometheus stay apart; series without a stream label are the process's sum
+over its shards. Lag and pending entries are per shard too: sum them over `stream` for a group's total.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterable
+from typing import Callable, Hashable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
@@ -108,6 +115,7 @@ GAUGES: dict[str, str] = {
     "emotion_consumer_group_lag": "Entries of the stream not yet delivered to the group",
     "emotion_consumer_group_pending": "Entries delivered to the group's consumers and not yet acknowledged",
     "emotion_replicas": "Live processes per service (unexpired heartbeats; the dashboard's /metrics)",
+    "emotion_shards_served": "Shards whose worker loop this process runs (0: a detector on standby)",
 }
 MODEL_INFO = ("emotion_model", "The model this process serves (classifier) or crops for (detector)")
 """An info metric: exposed as emotion_model_info{...} 1."""
@@ -128,42 +136,79 @@ GroupReader = Callable[[], Iterable[tuple[str, str, int | None, int]]]
 
 
 class Health:
-    """What /healthz and /readyz answer from: each loop's last iteration, and named checks."""
+    """What /healthz and /readyz answer from: each loop's last iteration, and named checks.
+
+    A process may run several loops on threads (a sharded replica: its own loop of leases and
+    heartbeats, and one worker loop per shard it serves), all reporting here by name. Liveness
+    needs every loop to have iterated lately; a flag (its last Redis call succeeded) is kept per
+    loop and is ok only while it is ok in every loop. A loop that ended for good (a shard handed
+    back) is `forget`-ten, so it neither fails liveness nor lingers.
+    """
 
     def __init__(self, liveness_s: float) -> None:
         self.liveness_s = liveness_s
         self._beats: dict[str, float] = {}
         self._checks: dict[str, Callable[[], bool]] = {}
-        self._flags: dict[str, bool] = {}
+        self._flags: dict[tuple[str, str], bool] = {}
+        self._info: list[Callable[[], dict]] = []
+        self._lock = threading.Lock()  # loops on several threads beat while a probe reads
         self.stopping = False
 
     def beat(self, loop: str) -> None:
-        self._beats[loop] = time.monotonic()
+        with self._lock:
+            self._beats[loop] = time.monotonic()
 
-    def flag(self, name: str, ok: bool) -> None:
+    def flag(self, name: str, ok: bool, loop: str = "") -> None:
         """A check the loop itself knows the answer to (its last Redis call succeeded)."""
-        self._flags[name] = ok
+        with self._lock:
+            self._flags[(name, loop)] = ok
+
+    def forget(self, loop: str) -> None:
+        """A loop that ended on purpose: its last iteration and its flags no longer count."""
+        with self._lock:
+            self._beats.pop(loop, None)
+            for key in [key for key in self._flags if key[1] == loop]:
+                del self._flags[key]
 
     def add_check(self, name: str, check: Callable[[], bool]) -> None:
         self._checks[name] = check
 
+    def add_info(self, info: Callable[[], dict]) -> None:
+        """Fields both probes add to their answer (the shards a replica serves)."""
+        self._info.append(info)
+
     def live(self) -> tuple[bool, dict]:
         now = time.monotonic()
-        ages = {loop: round(now - at, 3) for loop, at in self._beats.items()}
-        return all(age <= self.liveness_s for age in ages.values()), {"last_iteration_s": ages}
+        with self._lock:
+            ages = {loop: round(now - at, 3) for loop, at in self._beats.items()}
+        return all(age <= self.liveness_s for age in ages.values()), {"last_iteration_s": ages, **self.info()}
 
     def ready(self) -> tuple[bool, dict]:
-        checks = {"loop": "ok" if self._beats else "not started"}
+        with self._lock:
+            started = bool(self._beats)
+            flags: dict[str, bool] = {}
+            for (name, _loop), ok in self._flags.items():
+                flags[name] = flags.get(name, True) and ok
+        checks = {"loop": "ok" if started else "not started"}
         if self.stopping:
             checks["loop"] = "stopping"
-        for name, ok in self._flags.items():
+        for name, ok in flags.items():
             checks[name] = "ok" if ok else "unavailable"
-        for name, check in self._checks.items():
+        for name, check in list(self._checks.items()):
             try:
                 checks[name] = "ok" if check() else "unavailable"
             except Exception as exc:  # noqa: BLE001 - a probe answers, it never raises
                 checks[name] = f"unavailable ({type(exc).__name__})"
-        return all(state == "ok" for state in checks.values()), {"checks": checks}
+        return all(state == "ok" for state in checks.values()), {"checks": checks, **self.info()}
+
+    def info(self) -> dict:
+        fields: dict = {}
+        for read in self._info:
+            try:
+                fields.update(read())
+            except Exception:  # noqa: BLE001 - a probe answers, it never raises
+                continue
+        return fields
 
 
 class ServiceMetrics:
@@ -178,9 +223,11 @@ class ServiceMetrics:
         self.port: int | None = None  # once served
         self._counters: dict[str, Counter] = {}
         self._histograms: dict[str, Histogram] = {}
-        self._group_readers: list[GroupReader] = []
+        # Keyed, so that a loop started again (a shard leased anew) replaces its entry: nothing grows.
+        self._group_readers: dict[Hashable, GroupReader] = {}
         self._replicas: Callable[[], dict[str, int]] | None = None
-        self._model_info: list[Callable[[], dict | None]] = []
+        self._model_info: dict[str, Callable[[], dict | None]] = {}
+        self._shards: Callable[[], int] | None = None
         self._unknown_keys: set[str] = set()
         self._lock = threading.Lock()
         self.registry.register(_ScrapeTimeCollector(self))
@@ -251,16 +298,29 @@ class ServiceMetrics:
             if name in COUNTERS:
                 self.count(name, amount)
 
-    def watch_groups(self, reader: GroupReader) -> None:
-        self._group_readers.append(reader)
+    def watch_groups(self, reader: GroupReader, key: Hashable = None) -> None:
+        """At scrape time: the lag and pending entries `reader` yields. A reader watched again under
+        the same `key` replaces the earlier one."""
+        self._group_readers[key if key is not None else len(self._group_readers)] = reader
 
     def watch_replicas(self, count: Callable[[], dict[str, int]]) -> None:
         """At scrape time: live processes per service (the dashboard, from the heartbeats)."""
         self._replicas = count
 
-    def watch_model(self, info: Callable[[], dict | None]) -> None:
-        self._model_info.append(info)
-        self.health.add_check("model", lambda: all(read() is not None for read in self._model_info))
+    def watch_model(self, info: Callable[[], dict | None], loop: str = "") -> None:
+        """The model `loop` serves (None while none is loaded): `emotion_model_info`, and /readyz's
+        `model` check, ok while every watched loop has one."""
+        self._model_info[loop] = info
+        self.health.add_check("model", lambda: all(read() is not None for read in list(self._model_info.values())))
+
+    def watch_shards(self, served: Callable[[], int]) -> None:
+        """At scrape time: how many shards this process serves (`emotion_shards_served`)."""
+        self._shards = served
+
+    def forget(self, loop: str) -> None:
+        """A loop that ended on purpose (a shard handed back): its probes' state and its model go."""
+        self.health.forget(loop)
+        self._model_info.pop(loop, None)
 
 
 def pipeline_metrics(client, keys) -> ServiceMetrics:
@@ -322,7 +382,7 @@ class _ScrapeTimeCollector:
         pending = GaugeMetricFamily("emotion_consumer_group_pending", GAUGES["emotion_consumer_group_pending"],
                                     labels=("stream", "group"))
         seen = set()
-        for reader in self.metrics._group_readers:
+        for reader in list(self.metrics._group_readers.values()):
             try:
                 for stream, group, lag_value, pending_value in reader():
                     if (stream, group) in seen:
@@ -346,11 +406,23 @@ class _ScrapeTimeCollector:
                 for service in dict.fromkeys(("capture", "detector", "classifier", "recorder", *sorted(counts))):
                     replicas.add_metric((service,), counts.get(service, 0))  # 0 is a fact worth a series too
                 yield replicas
-        for read in self.metrics._model_info:
+        if self.metrics._shards is not None:
+            served = GaugeMetricFamily("emotion_shards_served", GAUGES["emotion_shards_served"])
+            served.add_metric((), self.metrics._shards())
+            yield served
+        # One series per distinct model: the shards' loops normally serve the same one, and during
+        # a swap (each loop swaps between its own batches) both show for a moment.
+        models = {}
+        for read in list(self.metrics._model_info.values()):
             info = read()
             if info:
-                yield InfoMetricFamily(*MODEL_INFO, value={k: str(v) for k, v in info.items()})
-                break
+                labels = {k: str(v) for k, v in info.items()}
+                models[tuple(sorted(labels.items()))] = labels
+        if models:
+            family = InfoMetricFamily(*MODEL_INFO)
+            for labels in models.values():
+                family.add_metric([], labels)
+            yield family
 
 
 # --- the HTTP server -----------------------------------------------------------------------------

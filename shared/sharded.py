@@ -30,7 +30,7 @@ from typing import Callable
 
 from shared.heartbeats import read_heartbeats
 from shared.leases import ShardLeases, fair_share, take_over
-from shared.metrics import ServiceMetrics
+from shared.metrics import ServiceMetrics, groups_from_state
 from shared.redis_conn import REDIS_DOWN_ERRORS, Client
 from shared.settings import WorkerSettings
 from shared.streams import Keys
@@ -56,10 +56,14 @@ class _Running:
 
 class ShardedReplica:
     def __init__(self, client: Client, keys: Keys, *, service: str, make_worker: MakeWorker,
-                 settings: WorkerSettings, consumer: str | None = None, leases_ttl_ms: int | None = None) -> None:
-        """`leases_ttl_ms`: serve only leased shards (see the module docstring); None: every shard."""
+                 settings: WorkerSettings, consumer: str | None = None, leases_ttl_ms: int | None = None,
+                 stream: str | None = None, group: str | None = None) -> None:
+        """`leases_ttl_ms`: serve only leased shards (see the module docstring); None: every shard.
+        `stream` (a name in the table of streams: `frames`) and `group`: what the workers read, whose
+        lag the process's metrics report over every shard (`use_metrics`)."""
         self.client, self.keys, self.service, self.settings = client, keys, service, settings
         self.make_worker = make_worker
+        self.stream, self.group = stream, group
         self.consumer = consumer or default_consumer_name(service)
         self.leases = (ShardLeases(client, keys, service, self.consumer, leases_ttl_ms)
                        if leases_ttl_ms is not None else None)
@@ -72,9 +76,34 @@ class ShardedReplica:
         self.failed: BaseException | None = None
         self.metrics: ServiceMetrics | None = None
 
-    def use_metrics(self, metrics: ServiceMetrics) -> None:
-        """Every shard's worker reports to the process's served metrics (one registry, one port)."""
+    def use_metrics(self, metrics: ServiceMetrics, *, describes: bool = True) -> None:
+        """Report to the process's metrics (one registry, one port, however many shards): every shard's
+        worker feeds it as it starts; the group's lag and pending entries are read in every shard,
+        served or not (a standby detector shows the backlog it would take over); the probes see this
+        replica's own loop and every shard loop it runs. `describes`: this replica's shards are the
+        process's `emotion_shards_served` and the probes' `shards` (False for a second replica in the
+        same process, the recorder's crops, which serves the same shards)."""
         self.metrics = metrics
+        if self.stream is not None and self.group is not None:
+            for shard in self.keys.all_shards():
+                stream = getattr(shard, self.stream)
+                metrics.watch_groups(groups_from_state(self.client, [(stream, self.group)]), key=(stream, self.group))
+        if describes:
+            metrics.watch_shards(lambda: len(self._serving()))
+            metrics.health.add_info(self._probe_info)
+        if self.leases is not None:
+            # Not ready before its first chance to take shards (what the heartbeat's `starting` says).
+            metrics.health.add_check("leases", lambda: self._rounds >= 2)
+
+    def _serving(self) -> list[int]:
+        return sorted(shard for shard, running in list(self.running.items()) if not running.releasing)
+
+    def _probe_info(self) -> dict:
+        shards = self._serving()
+        info: dict = {"shards": shards, "of_shards": self.keys.shards}
+        if self.leases is not None:
+            info["standby"] = not shards
+        return info
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -91,10 +120,16 @@ class ShardedReplica:
                 for shard in range(self.keys.shards):
                     self._start(shard)
             while not self.stop_event.is_set() and self.failed is None:
+                if self.metrics is not None:
+                    self.metrics.health.beat(self.service)  # this replica's own loop (leases, heartbeat)
                 try:
                     self._tick()
                     backoff = self.settings.backoff_initial_s
+                    if self.metrics is not None:
+                        self.metrics.health.flag("redis", True, self.service)
                 except REDIS_DOWN_ERRORS as exc:
+                    if self.metrics is not None:
+                        self.metrics.health.flag("redis", False, self.service)
                     # The workers ride the outage out on their own; leases are renewed once it is back
                     # (if it lasted longer than their TTL, the fence stops the workers that lost theirs).
                     log.warning("event=redis_down service=%s error=%r retry_in_s=%.1f", self.service, exc, backoff)
@@ -153,6 +188,10 @@ class ShardedReplica:
     def _ended(self, shard: int) -> None:
         """A shard's worker thread has ended: keep its counters; hand its lease back if it was ours."""
         running = self.running.pop(shard)
+        if self.metrics is not None and running.releasing:
+            # The replica goes on without this loop: its last beat must not fail liveness later, nor
+            # its model show. (At a stop, the process's last scrape still shows what it served.)
+            self.metrics.forget(running.worker.loop_name)
         for name, value in running.worker.stats.as_dict().items():
             if name != "started_ms":
                 setattr(self._done, name, getattr(self._done, name) + value)
@@ -236,7 +275,7 @@ class ShardedReplica:
                 else:
                     extra.setdefault(name, value)
         self._extra = extra or self._extra
-        shards = sorted(shard for shard, running in self.running.items() if not running.releasing)
+        shards = self._serving()
         beat = {"service": self.service, "consumer": self.consumer, "host": socket.gethostname(), "pid": os.getpid(),
                 "ts_ms": int(time.time() * 1000), **totals, "busy_s": round(totals["busy_s"], 3), **self._extra,
                 "shards": shards, "of_shards": self.keys.shards}

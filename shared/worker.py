@@ -154,14 +154,22 @@ class StreamWorker(Generic[M]):
 
     def use_metrics(self, metrics: ServiceMetrics) -> None:
         """Report to the process's served metrics: the loop's counters and timings, the processor's
-        (its Counters and its `metrics`), and at scrape time this group's lag and pending entries."""
+        (its Counters and its `metrics`), and at scrape time this group's lag and pending entries.
+        The workers of a sharded replica all report to the one of their process; the series that
+        name a stream are then one per shard, the others are summed over the shards."""
         self.metrics = self.processor.metrics = metrics
         self.processor.counters.sink = metrics.count
-        metrics.watch_groups(groups_from_state(self.client, [(self.stream, self.group)]))
+        metrics.watch_groups(groups_from_state(self.client, [(self.stream, self.group)]),
+                             key=(self.stream, self.group))
         if self.processor.serves_model():
-            metrics.watch_model(self.processor.model_info)
+            metrics.watch_model(self.processor.model_info, loop=self.loop_name)
         for key in ("entries", "dead_letters", "reclaimed"):
             metrics.touch(key, stream=self.stream)
+
+    @property
+    def loop_name(self) -> str:
+        """This loop in the process's probes (/healthz, /readyz): the stream it reads."""
+        return self.stream
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -175,12 +183,12 @@ class StreamWorker(Generic[M]):
         backoff = self.settings.backoff_initial_s
         try:
             while not self.stop_event.is_set():
-                self.metrics.health.beat(self.service)  # /healthz: the loop is alive
+                self.metrics.health.beat(self.loop_name)  # /healthz: the loop is alive
                 try:
                     self._ensure_group()
                     handled = self.step()
-                    self.metrics.health.flag("redis", True)
-                    self.metrics.health.flag("downstream", True)
+                    self.metrics.health.flag("redis", True, self.loop_name)
+                    self.metrics.health.flag("downstream", True, self.loop_name)
                     backoff = self.settings.backoff_initial_s
                     if max_entries is not None and self.stats.entries + self._in_flight_count() >= max_entries:
                         break
@@ -189,7 +197,7 @@ class StreamWorker(Generic[M]):
                 except REDIS_DOWN_ERRORS as exc:
                     self.stats.redis_errors += 1
                     self.metrics.count("redis_errors")
-                    self.metrics.health.flag("redis", False)
+                    self.metrics.health.flag("redis", False, self.loop_name)
                     # Whether the last commit landed is unknown: re-read our pending entries from Redis.
                     self._retry_entries = None
                     self._reread_pending()
@@ -204,7 +212,7 @@ class StreamWorker(Generic[M]):
                 except TransientError as exc:
                     self.stats.transient_errors += 1
                     self.metrics.count("transient_errors")
-                    self.metrics.health.flag("downstream", False)  # the recorder's database, say
+                    self.metrics.health.flag("downstream", False, self.loop_name)  # the recorder's database, say
                     log.warning("event=transient_error service=%s error=%s retry_in_s=%.1f", self.service, exc, backoff)
                     # Our unacked entries stay pending; read them again from the start after the pause.
                     self._reread_pending()

@@ -35,7 +35,8 @@ def build_worker(settings: Settings, client, consumer: str | None = None, shard:
 
 def build_replica(settings: Settings, client, consumer: str | None = None) -> ShardedReplica:
     return ShardedReplica(client, Keys.of(settings), service="classifier", settings=settings.worker, consumer=consumer,
-                          make_worker=lambda shard, name: build_worker(settings, client, name, shard))
+                          make_worker=lambda shard, name: build_worker(settings, client, name, shard),
+                          stream="faces", group=CLASSIFIER_GROUP)
 
 
 def check(settings: Settings) -> dict:

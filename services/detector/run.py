@@ -37,7 +37,7 @@ def build_worker(settings: Settings, client, consumer: str | None = None, shard:
 def build_replica(settings: Settings, client, consumer: str | None = None) -> ShardedReplica:
     return ShardedReplica(client, Keys.of(settings), service="detector", settings=settings.worker, consumer=consumer,
                           make_worker=lambda shard, name: build_worker(settings, client, name, shard),
-                          leases_ttl_ms=settings.detector.lease_ttl_ms)
+                          leases_ttl_ms=settings.detector.lease_ttl_ms, stream="frames", group=DETECTOR_GROUP)
 
 
 def check(settings: Settings) -> dict:

@@ -70,7 +70,8 @@ def build_replica(settings: Settings, client: Client, engine: Engine, *, crops: 
     build = build_crop_worker if crops else build_worker
     return ShardedReplica(client, Keys.of(settings), service="recorder-crops" if crops else "recorder",
                           settings=settings.worker,
-                          make_worker=lambda shard, name: build(settings, client, engine, name, shard))
+                          make_worker=lambda shard, name: build(settings, client, engine, name, shard),
+                          stream="faces" if crops else "events", group=CROPS_GROUP if crops else RECORDER_GROUP)
 
 
 def drop_crop_group(client: Client, keys: Keys) -> None:
@@ -111,7 +112,7 @@ def _run(settings: Settings, metrics: ServiceMetrics) -> int:
     if recorder.keep_crops:
         crop_worker = build_replica(settings, client, engine, crops=True)
         crop_worker.stop_event = worker.stop_event
-        crop_worker.use_metrics(metrics)
+        crop_worker.use_metrics(metrics, describes=False)
         threads.append(threading.Thread(target=crop_worker.run, name="crops", daemon=True))
         log.warning("event=keep_crops face crops are stored in the event store for %d days", recorder.crop_max_age_days)
     else:
