@@ -298,3 +298,25 @@ def test_dashboard_metrics_show_the_pipeline_without_a_token(settings, redis_cli
     assert value(text, "emotion_replicas", service="classifier") == 1
     assert value(text, "emotion_replicas", service="detector") == 0
     assert client.get("/").status_code == 401
+
+
+def test_dashboard_metrics_cover_every_shard(settings, redis_client, model_dir):
+    """With EMOTION_SHARDS=2 the pipeline's lag and pending are one series per shard's stream (the
+    hash tag in the stream label), so a backlog in shard 1 is not hidden behind an idle shard 0."""
+    from services.dashboard.app import create_app
+    from shared.streams import Keys
+
+    keys = Keys(settings.prefix, 2)
+    fill_faces(redis_client, keys.of_shard(1).faces, make_faces(4, camera="cam1"))
+    redis_client.xgroup_create(keys.of_shard(1).faces, CLASSIFIER_GROUP, id="0")
+    redis_client.xreadgroup(CLASSIFIER_GROUP, "c1", {keys.of_shard(1).faces: ">"}, count=1)
+    app_settings = settings.model_copy(update={"shards": 2, "default_model_dir": model_dir,
+                                               "dashboard": settings.dashboard.model_copy(
+                                                   update={"auth_token": "a-long-enough-secret-token-for-tests"})})
+    text = create_app(app_settings).server.test_client().get("/metrics").get_data(as_text=True)
+    faces = [shard.faces for shard in keys.all_shards()]
+    assert value(text, "emotion_consumer_group_lag", stream=faces[1], group=CLASSIFIER_GROUP) == 3
+    assert value(text, "emotion_consumer_group_pending", stream=faces[1], group=CLASSIFIER_GROUP) == 1
+    assert value(text, "emotion_consumer_group_lag", stream=faces[0], group=CLASSIFIER_GROUP) == 0
+    streams = {labels["stream"] for name, labels, _ in samples(text) if name == "emotion_consumer_group_pending"}
+    assert streams == {getattr(shard, name) for shard in keys.all_shards() for name in ("frames", "faces", "events")}
