@@ -308,6 +308,12 @@ def test_settings_come_from_the_configmap_and_secrets_from_the_secret(overlay, m
         check_auth_config(settings)
 
 
+def shard_keys(docs: list[dict]) -> Keys:
+    """The deployment's key names as the services will derive them from the ConfigMap."""
+    config = by_kind(docs, "ConfigMap")["emotion-config"]["data"]
+    return Keys(config["EMOTION_PREFIX"], int(config["EMOTION_SHARDS"]))
+
+
 def test_in_cluster_overlay_runs_redis_and_postgres_and_scales_on_cpu():
     docs = rendered("in-cluster")
     assert set(by_kind(docs, "StatefulSet")) == {"redis", "postgres"}
@@ -318,28 +324,51 @@ def test_in_cluster_overlay_runs_redis_and_postgres_and_scales_on_cpu():
     hpas = by_kind(docs, "HorizontalPodAutoscaler")
     assert hpas["classifier"]["spec"]["scaleTargetRef"]["name"] == "classifier"
     assert hpas["classifier"]["spec"]["maxReplicas"] > 1
+    # detector replicas beyond the shard count would only stand by
+    keys = shard_keys(docs)
+    assert keys.shards > 1 and hpas["detector"]["spec"]["maxReplicas"] == keys.shards
     assert not by_kind(docs, "ScaledObject")
 
 
 def test_external_overlay_scales_on_consumer_group_lag_with_keda():
+    """One trigger per shard, on the exact key of that shard's stream (hash tag included, as
+    shared/streams.py names it for the ConfigMap's prefix and shard count), each with TLS; the
+    detector scales up to the shard count."""
     docs = rendered("external")
     assert not by_kind(docs, "StatefulSet") and not by_kind(docs, "HorizontalPodAutoscaler")
     config = by_kind(docs, "ConfigMap")["emotion-config"]["data"]
     secret = by_kind(docs, "Secret")["emotion-secrets"]["stringData"]
     assert "redis:6379" not in secret["REDIS_URL"] and "@postgres:" not in secret["DATABASE_URL"]
-    keys = Keys(config["EMOTION_PREFIX"])
+    keys = shard_keys(docs)
     scaled = by_kind(docs, "ScaledObject")
     deployments = by_kind(docs, "Deployment")
     auths = by_kind(docs, "TriggerAuthentication")
-    expected = {"classifier": (keys.faces, CLASSIFIER_GROUP), "detector": (keys.frames, DETECTOR_GROUP)}
+    expected = {"classifier": ("faces", CLASSIFIER_GROUP), "detector": ("frames", DETECTOR_GROUP)}
     for name, (stream, group) in expected.items():
         spec = scaled[name]["spec"]
         assert spec["scaleTargetRef"]["name"] in deployments
-        trigger = spec["triggers"][0]
-        assert trigger["type"] == "redis-streams"
-        assert (trigger["metadata"]["stream"], trigger["metadata"]["consumerGroup"]) == (stream, group)
-        assert trigger["metadata"]["addressFromEnv"] in config  # the scale target's own environment
-        assert trigger["metadata"]["enableTLS"] == "true"  # rediss:// in the Secret
-        for ref in auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]:
-            assert ref["key"] in by_kind(docs, "Secret")[ref["name"]]["stringData"]
+        triggers = spec["triggers"]
+        assert [(t["metadata"]["stream"], t["metadata"]["consumerGroup"]) for t in triggers] == \
+            [(getattr(shard, stream), group) for shard in keys.all_shards()], name
+        for trigger in triggers:
+            assert trigger["type"] == "redis-streams"
+            assert trigger["metadata"]["addressFromEnv"] in config  # the scale target's own environment
+            assert trigger["metadata"]["enableTLS"] == "true"  # rediss:// in the Secret
+            for ref in auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]:
+                assert ref["key"] in by_kind(docs, "Secret")[ref["name"]]["stringData"]
+        assert len({t["name"] for t in triggers}) == len(triggers)
     assert scaled["classifier"]["spec"]["maxReplicaCount"] > 1
+    assert keys.shards > 1 and scaled["detector"]["spec"]["maxReplicaCount"] == keys.shards
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cameras_name_a_shard_of_the_layout(overlay):
+    """Each capture Deployment's --shard is a shard of EMOTION_SHARDS (the services refuse another)."""
+    docs = rendered(overlay)
+    keys = shard_keys(docs)
+    captures = [doc for doc in by_kind(docs, "Deployment").values()
+                if doc["metadata"]["labels"]["app.kubernetes.io/component"] == "capture"]
+    assert captures
+    for doc in captures:
+        args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert 0 <= int(args[args.index("--shard") + 1]) < keys.shards
