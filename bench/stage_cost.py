@@ -9,7 +9,10 @@ by what the process handled meanwhile (its own counters), is the steady-state co
 (recorder). Redis: CPU, commands and bytes in/out per frame from INFO over the same span (a private
 server, so nothing else is counted).
 
-    python -m bench.stage_cost --cameras 2 --duration 20 [--fps 15] [--database-url URL] [--json]
+    python -m bench.stage_cost --cameras 2 --duration 20 [--fps 15] [--shards 1 --detectors 1] [--database-url URL] [--json]
+
+With `--shards N` the streams are split into N shards (camera i in shard i mod N) and `--detectors R`
+replicas split them; each process's figures are its sum over the shard loops it runs.
 """
 
 from __future__ import annotations
@@ -62,9 +65,11 @@ def run(args) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_") and k not in ("REDIS_URL", "DATABASE_URL")}
     env.update(EMOTION_REDIS_URL=url, EMOTION_DEFAULT_MODEL_DIR=str(model), EMOTION_REGISTRY_DIR=str(workdir / "registry"),
                EMOTION_DATA_DIR=str(workdir / "data"), EMOTION_METRICS__LINGER_S="2", EMOTION_CAPTURE__FPS=str(args.fps),
+               EMOTION_SHARDS=str(args.shards),
                EMOTION_DATABASE_URL=args.database_url or f"sqlite:///{workdir / 'events.sqlite'}")
     command = [sys.executable, "-m", "emotion", "up", "--no-dashboard", "--json", "--duration", str(args.duration),
-               *[arg for _ in range(args.cameras) for arg in ("--source", "demo")], "--classifiers", str(args.classifiers)]
+               *[arg for _ in range(args.cameras) for arg in ("--source", "demo")], "--classifiers", str(args.classifiers),
+               "--detectors", str(args.detectors)]
     handled = {"capture": "emotion_frames_total", "detector": "emotion_entries_processed_total",
                "classifier": "emotion_events_total", "recorder": "emotion_events_recorded_total"}
     before: dict[str, float] | None = None
@@ -125,6 +130,7 @@ def run(args) -> dict:
                        "kb_out": per_frame(redis_delta["out_bytes"] / 1024),
                        "used_memory_mb_at_end": round(after["memory_bytes"] / 2**20, 1)}
     return {"cameras": args.cameras, "fps": args.fps, "duration_s": args.duration, "classifiers": args.classifiers,
+            "shards": args.shards, "detectors": args.detectors,
             "frames": frames, "faces": faces, "events": events, "recorded": recorded, "lost": summary["lost"],
             "faces_per_frame": round(faces / frames, 3) if frames else None,
             "stages": stages, "redis_per_frame": redis_per_frame, "run": run_info()}
@@ -143,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--classifiers", type=int, default=1)
+    parser.add_argument("--shards", type=int, default=1, help="EMOTION_SHARDS of the run")
+    parser.add_argument("--detectors", type=int, default=1, help="detector replicas (they split the shards)")
     parser.add_argument("--fps", type=float, default=15.0)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds once every process runs")
     parser.add_argument("--database-url", default=None, help="event store (default: SQLite in the work folder)")
