@@ -14,6 +14,10 @@ heartbeat round it renews its leases, works out its fair share from the live rep
 worker first, then the lease is deleted) when it holds more. A replica holding no lease waits on
 standby and takes over a lease that expired; before working on a shard it takes over the entries
 its previous owner left pending, so a replica killed with -9 loses nothing.
+
+Metrics (`use_metrics`): the process has one registry and one metrics port whatever the number of
+shards; each shard's worker reports to it (per-shard series carry the shard's stream key), and
+its probes cover this replica's own loop and every shard loop it runs (shared/metrics.py).
 """
 
 from __future__ import annotations
