@@ -92,7 +92,7 @@ class AnalyzeSettings(_Section):
 
     model_role: Literal["fast", "accurate"] = Field("accurate", description="model role that answers")
     tta: Literal["none", "flip", "ten-crop"] = Field(
-        "ten-crop", description="test-time augmentation: none, flip (2 views) or ten-crop (10 views; models that "
+        "none", description="test-time augmentation: none, flip (2 views) or ten-crop (10 views; models that "
                                 "see a central window of their crop, else flip)")
     workers: int = Field(0, ge=0, le=64, description="`emotion analyze`: face-detection processes (0: one per CPU "
                                                      "core)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.bootstrap import registry_from
 from shared.model_runtime import read_metadata
 
 from services.dashboard.auth import AuthConfigError, check_auth_config
@@ -157,7 +158,8 @@ def test_api_analyze_face_and_bad_inputs(dash_settings, redis_client, face_png):
     ok = _post(client, face_png.read_bytes(), "astronaut.png")
     assert ok.status_code == 200, ok.get_json()
     body = ok.get_json()
-    assert body["model_version"] == read_metadata(dash_settings.default_model_dir).version and len(body["faces"]) == 1
+    answering = read_metadata(registry_from(dash_settings, None, dash_settings.analyze.model_role).current_dir())
+    assert body["model_version"] == answering.version and len(body["faces"]) == 1
     assert set(body["faces"][0]) >= {"box", "label", "probabilities"}
     assert set(body["faces"][0]["box"]) == {"x", "y", "w", "h"}
     assert _post(client, b"just text").status_code == 415
@@ -227,7 +229,7 @@ def test_analyze_says_the_fast_model_answered_while_no_accurate_model_is_install
 
 
 def test_api_analyze_without_a_model_is_503(settings, redis_client, tmp_path, face_png):  # noqa: F811
-    bare = settings.model_copy(update={"default_model_dir": tmp_path / "nothing"})
+    bare = settings.model_copy(update={"default_model_dir": tmp_path / "nothing", "accurate_model_dir": tmp_path / "none"})
     response = _post(_app(bare).server.test_client(), face_png.read_bytes())
     assert response.status_code == 503 and "no current model" in response.get_json()["error"]
 
@@ -478,7 +480,8 @@ def test_analyze_works_without_redis(dash_settings, face_png):  # noqa: F811
 
 
 def test_api_errors_never_say_retrying(settings, tmp_path, face_png):  # noqa: F811
-    bare = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "default_model_dir": tmp_path / "none"})
+    bare = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "default_model_dir": tmp_path / "none",
+                                       "accurate_model_dir": tmp_path / "none"})
     response = _post(_app(bare).server.test_client(), face_png.read_bytes())
     assert response.status_code == 503
     assert "retrying" not in response.get_json()["error"] and "no current model" in response.get_json()["error"]
@@ -584,7 +587,6 @@ def test_training_page_says_whether_a_worker_listens(redis_client, keys):
 
 def test_default_model_is_listed_among_versions_and_served(dash_settings, redis_client):
     from services.dashboard.pages.training import _versions
-    from shared.model_runtime import read_metadata
 
     ctx = DashboardContext(dash_settings)
     try:
