@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import redis
 
+from shared.machine import describe_machine
 from shared.model_runtime import Preprocess, crop_face, read_metadata
 from shared.registry import ModelRegistry
 from shared.schemas import BBox, FaceMessage, encode
@@ -44,26 +45,6 @@ def git_commit() -> str | None:
     return (commit + ("+dirty" if dirty else "")) or None
 
 
-def machine() -> str:
-    """e.g. "2-core AMD EPYC (family 25 model 17, avx512)": VMs often show only a brand name, and two
-    machines of the same name differed by 2x in inference speed here, so the family/model go in too."""
-    model = platform.processor() or platform.machine()
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-            if not line.strip():
-                break  # the first processor is enough
-    except OSError:
-        pass
-    model = info.get("model name", model)
-    details = [f"family {info['cpu family']} model {info['model']}"] if "cpu family" in info and "model" in info else []
-    if info.get("flags"):
-        details.append("avx512" if "avx512f" in info["flags"].split() else "no avx512")
-    return f"{os.cpu_count()}-core {model}" + (f" ({', '.join(details)})" if details else "")
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -75,7 +56,7 @@ def run_info(argv: Sequence[str] | None = None, program: str = "emotion") -> dic
     """Date, machine, commit and the exact command: what a results table needs to be reproducible."""
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": describe_machine(),
         "load_average": load_average(),
         "commit": git_commit(),
         "python": platform.python_version(),

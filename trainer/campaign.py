@@ -8,7 +8,6 @@ rebuilds within a few dozen steps. An epoch that is interrupted is simply traine
 from __future__ import annotations
 
 import logging
-import platform
 import shutil
 import time
 from datetime import datetime, timezone
@@ -20,6 +19,7 @@ import tensorflow as tf
 import keras
 
 from shared.emotions import NUM_EMOTIONS
+from shared.machine import describe_machine
 from shared.settings import REPO_ROOT
 from trainer.data import DatasetError, Split, attach_ferplus, load_dataset, load_ferplus_votes
 from trainer.models import make_model
@@ -225,7 +225,7 @@ def train_epochs(run_dir: Path, *, max_epochs: int | None = None, stop_after_s: 
     last = recipe.total_epochs if max_epochs is None else min(recipe.total_epochs, state.epochs_done + max_epochs)
     sitting_started, first = time.monotonic(), state.epochs_done + 1
     stretch = Stretch(first_epoch=first, last_epoch=state.epochs_done, command=command, wall_s=0.0,
-                      machine=f"{platform.machine()} {platform.processor() or ''}".strip())
+                      machine=describe_machine())
     state.stretches.append(stretch)
     epoch, started = state.epochs_done, time.monotonic()
     while state.epochs_done < last:
