@@ -165,6 +165,7 @@ def test_a_shipped_campaign_serves_its_central_window_with_ten_crop_scores(tmp_p
     report = (out / "report.md").read_text()
     assert "ten-crop" in report and "emotion train --resume ship-v1" in report and (out / "curve.png").is_file()
     assert not (out / "model.keras").exists()  # the campaign's float16 weights are the trainable copy
+    assert meta.model_dump()["tflite_weights"] == "float16"
 
 
 def test_recipe_full_runs_from_the_cli_as_one_command(tmp_path, tiny_data):

@@ -42,6 +42,24 @@ def test_litert_matches_keras_within_tolerance():
     assert check_roundtrip(exported_model()) <= 1e-4  # default random batch
 
 
+def test_float16_weights_halve_the_file_and_keep_the_predictions(tmp_path):
+    """Shipped campaigns store float16 weights (the VGG's file is committed): half the bytes, and the
+    probabilities within the float16 tolerance of the Keras model's."""
+    import keras
+
+    from trainer.export import FLOAT16_ROUNDTRIP_TOLERANCE, check_roundtrip, export_model
+
+    model = keras.models.load_model(exported_model() / "model.keras")
+    out = export_model(model, tmp_path / "half", version="half", architecture="compact16", metrics={},
+                       data_fingerprint=None, training_seconds=None, train_config={}, float16_weights=True)
+    full_bytes = (exported_model() / "model.tflite").stat().st_size
+    half_bytes = (out / "model.tflite").stat().st_size
+    assert half_bytes < 0.6 * full_bytes
+    assert read_metadata(out).model_dump()["tflite_weights"] == "float16"
+    assert read_metadata(exported_model()).model_dump()["tflite_weights"] == "float32"
+    assert check_roundtrip(out, model, images=faces(64, 3)[0], atol=FLOAT16_ROUNDTRIP_TOLERANCE) > 0
+
+
 def test_roundtrip_check_catches_a_different_model(tmp_path):
     """Guards the check itself: a LiteRT file that is not the Keras model fails loudly."""
     import keras

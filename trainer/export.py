@@ -24,6 +24,8 @@ from shared.settings import REPO_ROOT
 log = logging.getLogger(__name__)
 
 ROUNDTRIP_TOLERANCE = 1e-4
+# Weights stored as float16 round each to ~3 significant digits; probabilities then move by ~1e-3.
+FLOAT16_ROUNDTRIP_TOLERANCE = 1e-2
 
 
 class ExportError(RuntimeError):
@@ -58,12 +60,16 @@ def _load_keras(model_or_path):
     return model_or_path
 
 
-def to_tflite(model) -> bytes:
-    """Float32 LiteRT flatbuffer with a dynamic batch dimension (the runtime resizes per batch)."""
+def to_tflite(model, float16_weights: bool = False) -> bytes:
+    """LiteRT flatbuffer with a dynamic batch dimension (the runtime resizes per batch). Float32
+    throughout, or with `float16_weights` the weights stored as float16 (half the file; the runtime
+    widens them to float32 once at load, so the arithmetic and its speed are unchanged)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = []
+    converter.optimizations = [tf.lite.Optimize.DEFAULT] if float16_weights else []
+    if float16_weights:
+        converter.target_spec.supported_types = [tf.float16]
     chatter = io.StringIO()
     with contextlib.redirect_stdout(chatter):  # Keras prints the traced signature; keep stdout for results
         flatbuffer = converter.convert()
@@ -73,7 +79,8 @@ def to_tflite(model) -> bytes:
 
 def export_model(keras_model_or_path, out_dir: Path, *, version: str, architecture: str, metrics: dict,
                  data_fingerprint: str | None, training_seconds: float | None, train_config: dict,
-                 preprocess: Preprocess | None = None, keep_keras: bool = True) -> Path:
+                 preprocess: Preprocess | None = None, keep_keras: bool = True,
+                 float16_weights: bool = False) -> Path:
     """Write model.keras, model.tflite and metadata.json into `out_dir` (created) and return it.
 
     `keep_keras=False` leaves out model.keras (a campaign keeps its own float16 weights to fine-tune from).
@@ -90,7 +97,7 @@ def export_model(keras_model_or_path, out_dir: Path, *, version: str, architectu
         model.save(out_dir / KERAS_FILE)
     tflite_path = out_dir / MODEL_FILE
     tmp = tflite_path.with_suffix(".tflite.tmp")
-    tmp.write_bytes(to_tflite(model))
+    tmp.write_bytes(to_tflite(model, float16_weights))
     tmp.replace(tflite_path)
 
     import tensorflow as tf
@@ -108,6 +115,7 @@ def export_model(keras_model_or_path, out_dir: Path, *, version: str, architectu
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "params": int(model.count_params()),
         "tflite_bytes": tflite_path.stat().st_size,
+        "tflite_weights": "float16" if float16_weights else "float32",
         "tensorflow": tf.__version__,
         "train_config": train_config,
     }
