@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"emotion.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"emotion.commands.{name}":
-                continue  # area not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"emotion.commands.{name}").register(sub)
     return parser
 
 

@@ -113,6 +113,8 @@ class DashboardSettings(_Section):
                                                       "(and its login URL printed once) on the first start")
     allowed_hosts: str = Field("", description="without a token, Host headers other than localhost are refused "
                                                "(DNS rebinding); extra names to accept, comma-separated")
+    public_url: str | None = Field(None, description="the address users open, named in the login line of a generated "
+                                   "token (default http://HOST:PORT; behind a published port, say that one)")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(40_000_000, ge=1024)
     # The live feed (GET /api/v1/events/stream) holds a server thread while it is open: bound its length and

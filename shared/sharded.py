@@ -32,11 +32,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+from shared.bootstrap import redis_from
 from shared.heartbeats import read_heartbeats
 from shared.leases import ShardLeases, fair_share, take_over
-from shared.metrics import ServiceMetrics, groups_from_state
+from shared.metrics import ServiceMetrics, groups_from_state, serve_metrics
 from shared.redis_conn import REDIS_DOWN_ERRORS, Client
-from shared.settings import WorkerSettings
+from shared.settings import Settings, WorkerSettings
+from shared.shards import claim_layout
 from shared.streams import Keys
 from shared.worker import StreamWorker, WorkerStats, default_consumer_name, install_stop_signals
 
@@ -292,3 +294,15 @@ class ShardedReplica:
             beat["starting"] = self._rounds < 2
         self.client.set(self.keys.heartbeat(self.service, self.consumer), json.dumps(beat),
                         ex=self.settings.heartbeat_ttl_s)
+
+
+def run_replica(settings: Settings, service: str, build: Callable[[Settings, Client], "ShardedReplica"]) -> int:
+    """A sharded service's whole life: connect, check the shard layout, serve its metrics, and run the
+    replica that `build(settings, client)` makes until it is stopped (the detector and the classifier)."""
+    client = redis_from(settings)
+    claim_layout(client, Keys.of(settings))
+    with serve_metrics(settings, service) as metrics:
+        replica = build(settings, client)
+        replica.use_metrics(metrics)
+        replica.install_signal_handlers()
+        return replica.run()

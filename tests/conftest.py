@@ -76,6 +76,14 @@ def model_dir() -> Path:
 
 
 @pytest.fixture
+def served_model(tmp_path) -> Path:
+    """A private copy of the served model, for tests that replace, corrupt or register it."""
+    from tests.proc_utils import copy_model
+
+    return copy_model(tmp_path / "model")
+
+
+@pytest.fixture
 def pipeline_settings(settings, model_dir) -> Settings:
     """Settings for driving real services in-process: the test model, quick reclaim, small batches."""
     return settings.model_copy(update={

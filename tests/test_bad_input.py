@@ -17,10 +17,9 @@ import pytest
 import redis
 
 from shared.schemas import MAX_JPEG_BYTES, EmotionEvent, FaceMessage, FrameMessage, MessageError, decode, encode
-from shared.settings import WorkerSettings
 from shared.streams import Keys
 from shared.worker import Outbound, Processor, StreamWorker
-from tests.proc_utils import copy_model, emotion_proc, find_model_dir, service_env, stop_all, wait_for
+from tests.proc_utils import emotion_proc, find_model_dir, service_env, wait_for
 
 pytestmark = pytest.mark.skipif(find_model_dir() is None,
                                 reason="no exported model: neither models/default nor /tmp/model-tmp exists")
@@ -174,11 +173,6 @@ def assert_all_dead_with_reasons(client, stream, group, expected_dead: int) -> l
     info = {g["name"].decode(): g for g in client.xinfo_groups(stream)}[group]
     assert info["pending"] == 0 and info["lag"] == 0
     return reasons
-
-
-@pytest.fixture
-def served_model(tmp_path):
-    return copy_model(tmp_path / "model")
 
 
 @pytest.fixture

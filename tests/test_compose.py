@@ -297,6 +297,11 @@ def test_services_and_topology(full_model):
         assert services[name]["environment"]["EMOTION_REGISTRY_DIR"] == registry_dir
         assert any(v["target"] == registry_dir and v["source"] == mounts[registry_dir]["source"]
                    for v in services[name]["volumes"]), f"{name} does not see the registry volume"
+    # The Training page checks a dataset path before enqueueing it, so it must see the worker's /data.
+    dashboard_mounts = {v["target"]: v for v in dashboard["volumes"]}
+    assert dashboard_mounts["/data"]["source"] == mounts["/data"]["source"] and dashboard_mounts["/data"]["read_only"]
+    # The login line of a generated token names the host's published address, not the container's port.
+    assert dashboard["environment"]["EMOTION_DASHBOARD__PUBLIC_URL"] == "http://127.0.0.1:8050"
     assert {"registry", "postgres-data", "redis-data"} <= set(full_model["volumes"])
 
 
@@ -435,7 +440,8 @@ def test_compose_topology_runs_as_local_processes(compose_project_dir, compose_r
         assert dashboard_ok, f"the dashboard did not answer 200 on port {port}\n{log_tails(logs)}"
         assert not dashboard_answers(port, None), "the dashboard on 0.0.0.0 answered without its token"
         login_lines = [line for line in logs["dashboard"].read_text().splitlines() if "log in at" in line]
-        assert len(login_lines) == 1 and f"?token={token}" in login_lines[0], log_tails(logs)
+        assert len(login_lines) == 1 and f"log in at http://127.0.0.1:8050/?token={token}" in login_lines[0], \
+            log_tails(logs)  # compose's published port, whatever port this local emulation listens on
     finally:
         engine.dispose()
         stop_process_groups(processes.values())

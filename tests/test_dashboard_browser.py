@@ -306,7 +306,8 @@ def test_training_page_refuses_a_path_that_is_no_dataset(dashboard, browser, red
     from rq.serializers import JSONSerializer
     from selenium.webdriver.common.by import By
 
-    queue = Queue("training", connection=redis.Redis.from_url(redis_url_module), serializer=JSONSerializer)
+    queue = Queue(Keys(PREFIX).training_queue, connection=redis.Redis.from_url(redis_url_module),
+                  serializer=JSONSerializer)  # the queue the page enqueues on
     before = len(queue.job_ids)
     _open(browser, dashboard + "/training", "Training")
     _replace_text(browser.find_element(By.ID, "train-data"), "/etc")

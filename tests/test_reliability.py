@@ -7,7 +7,6 @@ Each test bounds its own time and stops the processes it started by pid (tests/p
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from shared.schemas import EmotionEvent, FaceMessage, decode, encode
 from shared.stream_state import group_state
 from shared.streams import CLASSIFIER_GROUP, DETECTOR_GROUP, RECORDER_GROUP, Keys, StreamTable
 from tests.conftest import demo_frames, fill_faces, make_faces
-from tests.proc_utils import (RedisServer, TcpProxy, copy_model, emotion_proc, find_model_dir, service_env,
+from tests.proc_utils import (RedisServer, TcpProxy, emotion_proc, find_model_dir, service_env,
                               stop_all, wait_for)
 
 pytestmark = pytest.mark.skipif(find_model_dir() is None,
@@ -51,11 +50,6 @@ def group_done(client: redis.Redis, stream: str, group: str) -> bool:
 @pytest.fixture
 def prefix() -> str:
     return f"rel{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def served_model(tmp_path) -> Path:
-    return copy_model(tmp_path / "model")
 
 
 @pytest.fixture

@@ -60,6 +60,16 @@ def test_crop_equalises_only_when_the_model_says_so():
     assert Preprocess(equalize_hist=True).id != Preprocess().id
 
 
+@pytest.mark.parametrize("change", [{"input_size": 64}, {"grayscale": False}, {"equalize_hist": True},
+                                    {"margin": 0.1}, {"input_range": "0-1"}, {"network_size": 44},
+                                    {"framing": {"yunet": Framing(reference="landmarks", side=2.7)}}])
+def test_every_preprocess_field_changes_the_id(change):
+    """The classifier counts faces cropped for another model by this id: any field that changes the
+    crop or what the graph is fed must change it."""
+    assert Preprocess(**change).id != Preprocess().id
+    assert Preprocess(**change).id == Preprocess(**change).id
+
+
 def test_framing_offsets_and_square_are_inverse():
     """A fit sample taken from a truth square maps the same detection back onto that square."""
     box = BBox(x=100, y=80, w=90, h=110)

@@ -3,13 +3,11 @@ per shard of the faces stream (shared/sharded.py): replicas share every shard th
 
 from __future__ import annotations
 
-from shared.bootstrap import redis_from, registry_from
-from shared.metrics import serve_metrics
+from shared.bootstrap import registry_from
 from shared.model_follower import ModelFollower
 from shared.model_runtime import EmotionModel
 from shared.settings import Settings
-from shared.sharded import ShardedReplica
-from shared.shards import claim_layout
+from shared.sharded import ShardedReplica, run_replica
 from shared.streams import CLASSIFIER_GROUP, Keys
 from shared.worker import StreamWorker
 from services.classifier.service import ClassifierProcessor, RedisTrackStore
@@ -45,10 +43,4 @@ def check(settings: Settings) -> dict:
 
 
 def run(settings: Settings) -> int:
-    client = redis_from(settings)
-    claim_layout(client, Keys.of(settings))
-    with serve_metrics(settings, "classifier") as metrics:
-        replica = build_replica(settings, client)
-        replica.use_metrics(metrics)
-        replica.install_signal_handlers()
-        return replica.run()
+    return run_replica(settings, "classifier", build_replica)

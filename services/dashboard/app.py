@@ -143,8 +143,9 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     app = create_app(settings)
     if generated:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        base = (settings.dashboard.public_url or f"http://{shown}:{port}").rstrip("/")
         print(f"emotion dashboard: generated an access token, kept in {settings.dashboard.token_file}; log in at "
-              f"http://{shown}:{port}/?token={settings.dashboard.auth_token}", file=sys.stderr, flush=True)
+              f"{base}/?token={settings.dashboard.auth_token}", file=sys.stderr, flush=True)
     elif settings.dashboard.token_file is not None and settings.dashboard.auth_token:
         log.info("event=dashboard_token source=file path=%s", settings.dashboard.token_file)
     listening = f"emotion dashboard: listening on http://{host}:{port}/"

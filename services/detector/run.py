@@ -7,14 +7,12 @@ frames are served by the replica holding its lease (shared/sharded.py), with one
 
 from __future__ import annotations
 
-from shared.bootstrap import redis_from, registry_from
+from shared.bootstrap import registry_from
 from shared.faces import make_detector
-from shared.metrics import serve_metrics
 from shared.model_follower import ModelFollower
 from shared.model_runtime import read_metadata
 from shared.settings import Settings
-from shared.sharded import ShardedReplica
-from shared.shards import claim_layout
+from shared.sharded import ShardedReplica, run_replica
 from shared.streams import DETECTOR_GROUP, Keys
 from shared.worker import StreamWorker
 from services.detector.service import DetectorProcessor, FaceFinder, RedisTrackIds
@@ -46,10 +44,4 @@ def check(settings: Settings) -> dict:
 
 
 def run(settings: Settings) -> int:
-    client = redis_from(settings)
-    claim_layout(client, Keys.of(settings))
-    with serve_metrics(settings, "detector") as metrics:
-        replica = build_replica(settings, client)
-        replica.use_metrics(metrics)
-        replica.install_signal_handlers()
-        return replica.run()
+    return run_replica(settings, "detector", build_replica)
