@@ -1,5 +1,5 @@
-"""Shared fixtures (a real Redis on a flushed database, settings pointing at it, paths to ../shared data)
-and the message builders more than one test module uses.
+"""Shared fixtures (a real Redis on a flushed database, settings pointing at it, paths to ../shared data,
+`emotion up` runs, the Compose project directory) and the message builders more than one test module uses.
 
 TEST_REDIS_URL picks the database (default db 15), so parallel runs can use different databases.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,45 @@ def pipeline_settings(settings, model_dir) -> Settings:
         "default_model_dir": model_dir,
         "worker": settings.worker.model_copy(update={"block_ms": 50, "claim_idle_ms": 500, "claim_interval_s": 0.2}),
     })
+
+
+# --- `emotion up` runs (tests/up_utils.py) and the Compose project --------------------------------
+
+@pytest.fixture
+def up_env(redis_url, redis_client, tmp_path, model_dir):
+    from tests.proc_utils import clean_env
+
+    prefix = f"up{uuid.uuid4().hex[:6]}"
+    return clean_env(EMOTION_REDIS_URL=redis_url, EMOTION_PREFIX=prefix, EMOTION_DEFAULT_MODEL_DIR=str(model_dir),
+                     EMOTION_REGISTRY_DIR=str(tmp_path / "registry"), EMOTION_DATA_DIR=str(tmp_path / "data"),
+                     EMOTION_DATABASE_URL=f"sqlite:///{tmp_path / 'events.sqlite'}")
+
+
+@pytest.fixture
+def start_up(up_env, tmp_path):
+    from tests.up_utils import UpRun
+
+    runs: list[UpRun] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> UpRun:
+        workdir = tmp_path / f"run{len(runs)}"
+        workdir.mkdir()
+        run = UpRun(list(args), env or up_env, workdir)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+        run.kill_leftovers()
+
+
+@pytest.fixture(scope="module")
+def compose_project_dir(tmp_path_factory) -> Path:
+    """An empty project directory: a developer's own .env (env_file of the services) stays out."""
+    return tmp_path_factory.mktemp("compose-project")
 
 
 # --- messages -----------------------------------------------------------------------------------

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import cv2
 import numpy as np
 import pytest
@@ -14,20 +11,10 @@ from shared.model_runtime import read_metadata
 from shared.analyze import (AnalyzeResult, CorruptImage, DecompressionBomb, ImageTooLarge, UnsupportedImage,
                             analyze_image, annotate, decode_image, image_size)
 from shared.emotions import EMOTIONS
+from tests.images import group_photo_jpeg, png_bomb
 from tests.test_dashboard_support import face_png, served_model_dir  # noqa: F401
 
 LIMITS = {"max_bytes": 8 * 1024 * 1024, "max_pixels": 40_000_000}
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A tiny PNG whose header claims a huge image (its zlib stream would inflate to gigabytes)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(bytes(200_000)))
-            + _png_chunk(b"IEND", b""))
 
 
 class FixedDetector:
@@ -144,28 +131,6 @@ def test_real_face_with_the_served_model(face_png, served_model_dir):  # noqa: F
     decoded = decode_image(data, **LIMITS)
     drawn = annotate(decoded, result)
     assert drawn.shape == decoded.image.shape and not np.array_equal(drawn, decoded.image)
-
-
-def two_person_photo() -> np.ndarray:
-    """Two real people side by side (the astronaut portrait and its mirror image), faces of ~190 px,
-    on a plain wall with space between them (BGR, 960x560)."""
-    from services.capture.demo import _PORTRAIT_CROP
-    from skimage import data
-
-    portrait = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
-    x, y, w, h = _PORTRAIT_CROP
-    head = cv2.resize(portrait[y:y + h, x:x + w], None, fx=1.9, fy=1.9, interpolation=cv2.INTER_CUBIC)
-    hh, hw = head.shape[:2]
-    photo = np.full((hh + 80, 2 * hw + 120, 3), (150, 160, 170), np.uint8)
-    photo[40:40 + hh, 40:40 + hw] = head
-    photo[40:40 + hh, 80 + hw:80 + 2 * hw] = cv2.flip(head, 1)
-    return photo
-
-
-def group_photo_jpeg(tiles: int) -> bytes:
-    ok, encoded = cv2.imencode(".jpg", np.tile(two_person_photo(), (tiles, tiles, 1)), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    return encoded.tobytes()
 
 
 @pytest.mark.parametrize("tiles", [2, 5])

@@ -19,6 +19,7 @@ import redis
 from shared.schemas import MAX_JPEG_BYTES, EmotionEvent, FaceMessage, FrameMessage, MessageError, decode, encode
 from shared.streams import Keys
 from shared.worker import Outbound, Processor, StreamWorker
+from tests.messages import good_face
 from tests.proc_utils import emotion_proc, find_model_dir, service_env, wait_for
 
 pytestmark = pytest.mark.skipif(find_model_dir() is None,
@@ -37,13 +38,6 @@ def _small_jpeg(width=64, height=48, seed=0) -> bytes:
 def good_frame_fields(i: int, jpeg: bytes, width: int, height: int) -> dict:
     return encode(FrameMessage(camera_id="good", session_id="s", frame_id=i, captured_ms=int(time.time() * 1000),
                                width=width, height=height, jpeg=jpeg))
-
-
-def good_face(i: int, side: int = 48) -> FaceMessage:
-    now = int(time.time() * 1000)
-    return FaceMessage(camera_id="good", session_id="s", frame_id=i, face_index=0, faces_in_frame=1, track_id=1,
-                       bbox={"x": 0, "y": 0, "w": 10, "h": 10}, side=side, preprocess="g48-raw-m0.00",
-                       captured_ms=now, detected_ms=now + 1, crop=bytes((i + k) % 256 for k in range(side * side)))
 
 
 def good_event(i: int) -> EmotionEvent:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.test_schemas import make_face
+from tests.messages import make_face
 
 
 def test_track_state_is_only_stored_when_the_worker_commits(model_dir):

@@ -27,7 +27,7 @@ from shared.schemas import EmotionEvent, decode
 from shared.shards import entries_since, stats_of
 from shared.streams import Keys
 from tests.proc_utils import RedisCluster, clean_env, find_model_dir, free_port
-from tests.test_up import UpRun
+from tests.up_utils import UpRun
 
 PORTS = [int(p) for p in os.environ.get("TEST_CLUSTER_PORTS", "7101,7102,7103").split(",")]
 SHARDS = 3

@@ -22,7 +22,7 @@ from services.dashboard.pages.history import resolve_range
 from shared.store.queries import auto_bucket
 from shared.schemas import encode
 from shared.streams import DETECTOR_GROUP, Keys
-from tests.test_analyze import png_bomb
+from tests.images import png_bomb
 from tests.test_dashboard_support import emotion_event, face_png, frame_message, served_model_dir  # noqa: F401
 from tests.test_store_support import PG_URL, create_pg_database
 
@@ -175,7 +175,7 @@ def test_api_analyze_face_and_bad_inputs(dash_settings, redis_client, face_png):
 def test_api_analyze_group_photo_returns_every_face(dash_settings, redis_client):
     """POST /api/analyze on a 2x2 tile of a two-person photo returns its 8 faces, each with the
     detector's confidence."""
-    from tests.test_analyze import group_photo_jpeg
+    from tests.images import group_photo_jpeg
 
     client = _app(dash_settings).server.test_client()
     response = _post(client, group_photo_jpeg(2), "group.jpg")

@@ -7,12 +7,11 @@ from __future__ import annotations
 import pytest
 
 from shared.leases import FenceLost, ShardLeases, fair_share, take_over
-from shared.processor import Outbound, Processor
-from shared.schemas import FaceMessage
 from shared.settings import WorkerSettings
 from shared.streams import Keys
 from shared.worker import StreamWorker
 from tests.conftest import fill_faces, make_faces
+from tests.sharded_utils import Echo
 
 
 @pytest.mark.parametrize("shards, held, expected", [
@@ -35,16 +34,6 @@ def test_a_lease_is_renewed_and_released_only_by_its_owner(redis_client):
     assert not b.renew(1) and not b.release(1) and a.holders()[1] == "a"
     assert a.renew(1) and a.release(1) and a.holders()[1] is None
     assert b.acquire(1) and b.epochs[1] == a.epochs[1] + 1  # every acquisition moves the fence
-
-
-class Echo(Processor[FaceMessage]):
-    input_model = FaceMessage
-
-    def __init__(self, out: str) -> None:
-        self.out = out
-
-    def handle(self, batch):
-        return [Outbound(self.out, {b"id": face.event_id.encode()}) for face in batch]
 
 
 def test_a_former_owner_commits_nothing_once_another_replica_holds_the_lease(redis_client):

@@ -11,7 +11,6 @@ import urllib.request
 
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.errors import StartupError
 from shared.metrics import (COUNTERS, DEFAULT_PORTS, HISTOGRAMS, SERVICE_METRICS, MetricsServer, ServiceMetrics,
@@ -20,27 +19,11 @@ from shared.settings import MetricsSettings
 from shared.stream_state import group_state
 from shared.streams import CLASSIFIER_GROUP
 from tests.conftest import fill_faces, make_faces
-
-
-def samples(text: str) -> list[tuple[str, dict, float]]:
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-def value(text: str, name: str, **labels: str) -> float | None:
-    found = [v for n, got, v in samples(text) if n == name and all(got.get(k) == w for k, w in labels.items())]
-    return sum(found) if found else None
+from tests.metrics_utils import get, samples, value
 
 
 def exposition(metrics: ServiceMetrics) -> str:
     return render(metrics, "")[0].decode()
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 # --- definitions ---------------------------------------------------------------------------------

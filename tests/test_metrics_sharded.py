@@ -2,7 +2,7 @@
 registry, one metrics port and one pair of probes, however many shard loops it runs on its threads.
 
 Real Redis, real threads, the HTTP server on a free port; the processor is the small echo of
-tests/test_leases.py. The same through real `emotion up` processes is tests/test_metrics_up.py.
+tests/sharded_utils.py. The same through real `emotion up` processes is tests/test_metrics_up.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from shared.streams import Keys
 from shared.worker import StreamWorker
 from tests.conftest import fill_faces, make_faces
 from tests.proc_utils import wait_for
-from tests.test_leases import Echo
-from tests.test_metrics import get, samples, value
-from tests.test_sharded import SETTINGS, echo_worker, holders, start
+from tests.metrics_utils import get, samples, value
+from tests.sharded_utils import SETTINGS, Echo, echo_worker, holders, start
 
 
 class Served:

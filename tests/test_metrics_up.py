@@ -15,9 +15,8 @@ import urllib.request
 
 import pytest
 
+from tests.metrics_utils import samples, value
 from tests.proc_utils import free_port
-from tests.test_metrics import samples, value
-from tests.test_up import start_up, up_env  # noqa: F401 - fixtures
 
 SCRAPE_EVERY_S = 0.1
 
@@ -55,7 +54,7 @@ LAYOUTS = {
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_metrics_counters_equal_the_up_summary(start_up, up_env, layout):  # noqa: F811
+def test_metrics_counters_equal_the_up_summary(start_up, up_env, layout):
     extra_env, args, names = LAYOUTS[layout]
     env = dict(up_env, EMOTION_METRICS__LINGER_S="1.5", **extra_env)
     run = start_up("up", *args, "--duration", "6", "--no-dashboard", "--json", env=env)

@@ -15,7 +15,7 @@ import yaml
 
 from shared.metrics import DEFAULT_PORTS, SERVICE_METRICS, ServiceMetrics, exported_names, render
 from shared.settings import DashboardSettings
-from tests.test_compose import compose_model, compose_project_dir  # noqa: F401 - fixture
+from tests.compose_utils import compose_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -126,7 +126,7 @@ def test_metric_name_walker_finds_every_selector():
         promql_parser.parse("sum(rate(emotion_faces_total[1m])")
 
 
-def test_compose_monitoring_profile(compose_project_dir):  # noqa: F811
+def test_compose_monitoring_profile(compose_project_dir):
     model = compose_model(compose_project_dir, "monitoring")
     services = model["services"]
     prometheus, grafana = services["prometheus"], services["grafana"]

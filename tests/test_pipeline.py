@@ -7,25 +7,16 @@ import shutil
 import threading
 import time
 
-import cv2
 import pytest
 
 from services.capture.capture import run_capture
-from services.capture.demo import AstronautDemo
 from services.capture.sources import open_source
 from services.classifier.run import build_worker as build_classifier
 from services.detector.run import build_worker as build_detector
 from shared.registry import ModelRegistry
 from shared.schemas import EmotionEvent, FaceMessage, decode, encode
 from shared.streams import CLASSIFIER_GROUP, Keys, Retention, StreamTable
-
-
-def write_demo_video(path, frames: int = 45) -> None:
-    demo = AstronautDemo(fps=15)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (640, 480))
-    for _ in range(frames):
-        writer.write(demo.frame())
-    writer.release()
+from tests.demo_video import write_demo_video
 
 
 def capture_file(client, settings, path, camera_id="cam0", session_id="s1"):

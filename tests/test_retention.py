@@ -18,7 +18,7 @@ from shared.streams import (CLASSIFIER_GROUP, CROPS_GROUP, EVENTS_RETENTION, LIV
                             Retention, StreamTable)
 from tests.conftest import fill_faces, make_faces
 from tests.proc_utils import copy_model, emotion_proc, service_env, stop_all, wait_for
-from tests.test_schemas import make_event
+from tests.messages import make_event
 
 OLD_MS = int(time.time() * 1000) - 10 * LIVE_WINDOW_MS  # far outside every window
 

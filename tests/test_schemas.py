@@ -6,29 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from shared.schemas import (BBox, EmotionEvent, FaceMessage, FrameMessage, MessageError, StageTimes, decode, encode)
+from shared.schemas import (BBox, EmotionEvent, FaceMessage, FrameMessage, MessageError, decode, encode)
+from tests.messages import make_event, make_face
 
 
 def _raw(fields: dict[str, bytes]) -> dict[bytes, bytes]:
     return {k.encode(): v for k, v in fields.items()}
-
-
-def make_face(**overrides) -> FaceMessage:
-    values = dict(camera_id="cam0", session_id="s1", frame_id=3, face_index=0, faces_in_frame=1, track_id=7,
-                  bbox=BBox(x=1, y=2, w=30, h=30), side=48, preprocess="g48-raw-m0.00", captured_ms=1000,
-                  detected_ms=1010, crop=bytes(48 * 48))
-    values.update(overrides)
-    return FaceMessage(**values)
-
-
-def make_event(**overrides) -> EmotionEvent:
-    probs = [0.1, 0.05, 0.05, 0.5, 0.1, 0.1, 0.1]
-    values = dict(event_id="cam0:s1:3:0", camera_id="cam0", session_id="s1", frame_id=3, face_index=0, track_id=7,
-                  bbox=BBox(x=1, y=2, w=30, h=30), label="happy", confidence=0.5, probabilities=probs,
-                  top2=("happy", "angry"), smoothed=probs, smoothed_label="happy", model_version="v1",
-                  times=StageTimes(captured_ms=1000, detected_ms=1010, classified_ms=1020))
-    values.update(overrides)
-    return EmotionEvent(**values)
 
 
 def test_face_round_trip_keeps_crop_bytes_out_of_json():

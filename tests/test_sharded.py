@@ -8,32 +8,13 @@ kill -9 is tests/test_reliability.py; on a real Redis Cluster, tests/test_cluste
 from __future__ import annotations
 
 import json
-import threading
 
 from shared.leases import ShardLeases
-from shared.settings import WorkerSettings
 from shared.sharded import ShardedReplica
 from shared.streams import Keys
-from shared.worker import StreamWorker
 from tests.conftest import fill_faces, make_faces
 from tests.proc_utils import wait_for
-from tests.test_leases import Echo
-
-SETTINGS = WorkerSettings(batch_size=4, block_ms=20, claim_interval_s=0.2, heartbeat_ttl_s=5)
-
-
-def echo_worker(client, keys: Keys):
-    def make(shard: int, consumer: str) -> StreamWorker:
-        shard_keys = keys.of_shard(shard)
-        return StreamWorker(client, Echo(shard_keys.events), service="echo", stream=shard_keys.faces, group="echo",
-                            keys=shard_keys, settings=SETTINGS, consumer=consumer)
-    return make
-
-
-def start(replica: ShardedReplica) -> threading.Thread:
-    thread = threading.Thread(target=lambda: setattr(replica, "code", replica.run()), daemon=True)
-    thread.start()
-    return thread
+from tests.sharded_utils import SETTINGS, echo_worker, holders, start
 
 
 def beat(client, keys: Keys, replica: ShardedReplica) -> dict:
@@ -72,10 +53,6 @@ def test_a_worker_that_fails_stops_the_replica_with_an_error(redis_client):
 def leased(client, keys: Keys, name: str, ttl_ms: int = 1500) -> ShardedReplica:
     return ShardedReplica(client, keys, service="echo", make_worker=echo_worker(client, keys), settings=SETTINGS,
                           consumer=name, leases_ttl_ms=ttl_ms)
-
-
-def holders(client, keys: Keys) -> dict[int, str | None]:
-    return ShardLeases(client, keys, "echo", "reader", 1000).holders()
 
 
 def test_leased_replicas_split_the_shards_and_a_standby_takes_over(redis_client):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from shared.smoothing import TrackState, build_events, smooth
-from tests.test_schemas import make_face
+from tests.messages import make_face
 
 
 def test_one_event_per_face_with_top2_and_fer_order():

@@ -10,120 +10,15 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from emotion.supervisor import failure_line
 from shared.streams import Keys
-from tests.proc_utils import clean_env, free_port
-from tests.test_pipeline import write_demo_video
-
-UP_TIMEOUT_S = 150.0
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of `pid`, from the parent pids in /proc/<pid>/stat."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-class UpRun:
-    """One `emotion <args>` process (up or start), its output in files, its descendants recorded."""
-
-    def __init__(self, args: list[str], env: dict[str, str], workdir: Path) -> None:
-        self.stdout_path, self.stderr_path = workdir / "stdout.txt", workdir / "stderr.txt"
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "emotion", *args], env=env, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, cwd=workdir, start_new_session=True)
-        self.pids: set[int] = set()
-
-    def watch(self, until=None, timeout: float = UP_TIMEOUT_S) -> None:
-        """Collect descendants until the process exits (or `until()` is true)."""
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and not (until and until()):
-            self.pids |= descendants(self.proc.pid)
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"`emotion` did not finish within {timeout:.0f} s:\n{self.stderr[-3000:]}")
-            time.sleep(0.05)
-
-    def finish(self, timeout: float = UP_TIMEOUT_S) -> int:
-        self.watch(timeout=timeout)
-        return self.proc.wait()
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    @property
-    def summary(self) -> dict:
-        lines = [line for line in self.stdout_path.read_text().splitlines() if line.strip()]
-        assert lines, f"no summary on stdout; stderr:\n{self.stderr[-3000:]}"
-        return json.loads(lines[-1]) if len(lines) == 1 else json.loads("\n".join(lines))
-
-    def orphans(self, grace_s: float = 0.0) -> set[int]:
-        deadline = time.monotonic() + grace_s
-        while True:
-            left = {pid for pid in self.pids if alive(pid)}
-            if not left or time.monotonic() >= deadline:
-                return left
-            time.sleep(0.1)
-
-    def kill_leftovers(self) -> None:
-        for pid in self.orphans():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-@pytest.fixture
-def up_env(redis_url, redis_client, tmp_path, model_dir):
-    prefix = f"up{uuid.uuid4().hex[:6]}"
-    return clean_env(EMOTION_REDIS_URL=redis_url, EMOTION_PREFIX=prefix, EMOTION_DEFAULT_MODEL_DIR=str(model_dir),
-                     EMOTION_REGISTRY_DIR=str(tmp_path / "registry"), EMOTION_DATA_DIR=str(tmp_path / "data"),
-                     EMOTION_DATABASE_URL=f"sqlite:///{tmp_path / 'events.sqlite'}")
-
-
-@pytest.fixture
-def start_up(up_env, tmp_path):
-    runs: list[UpRun] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> UpRun:
-        workdir = tmp_path / f"run{len(runs)}"
-        workdir.mkdir()
-        run = UpRun(list(args), env or up_env, workdir)
-        runs.append(run)
-        return run
-
-    yield start
-    for run in runs:
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.wait()
-        run.kill_leftovers()
+from tests.demo_video import write_demo_video
+from tests.proc_utils import free_port
+from tests.up_utils import descendants
 
 
 def our_lines(stderr: str) -> list[str]:

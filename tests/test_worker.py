@@ -15,7 +15,7 @@ from shared.settings import WorkerSettings
 from shared.streams import RECORDER_GROUP, Retention, StreamTable
 from shared.worker import StreamWorker
 from tests.conftest import fill_faces, make_faces
-from tests.test_schemas import make_event
+from tests.messages import make_event
 
 
 class Relay(Processor[FaceMessage]):

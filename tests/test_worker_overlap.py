@@ -16,7 +16,7 @@ import redis
 from shared.schemas import FaceMessage, decode, encode
 from shared.settings import WorkerSettings
 from shared.worker import Outbound, Processor, StreamWorker, TransientError
-from tests.test_bad_input import good_face
+from tests.messages import good_face
 
 GROUP = "g"
 
