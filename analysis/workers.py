@@ -4,8 +4,14 @@ Every worker reads every input itself (decoding costs a tenth of detection) and 
 its own share of the frames: the analysed frame with ordinal `o` belongs to worker `o % W`. Per
 frame of its share it sends what `shared.frame_faces.find_faces` found (boxes, scores and the model
 crops: a few kilobytes, never the pixels), and per input an end marker. The main process reads the
-workers' queues in turn, so the results come out in frame order with no reorder buffer, and tracks
-them there (tracking needs the frames of a video in order). Queues are bounded: memory stays flat.
+workers' pipes in turn, so the results come out in frame order with no reorder buffer, and tracks
+them there (tracking needs the frames of a video in order). A pipe holds what the kernel's buffer
+holds and a worker waits when it is full: memory stays flat.
+
+Each worker writes to a one-way pipe whose write end only that worker holds (the main process closes
+its copy once the worker runs). A worker killed in the middle of a message then reads as end of file
+instead of leaving the main process waiting for the rest of the message, which a queue (the main
+process keeps its writer open) did.
 
 Workers ignore Ctrl+C (the main process stops them), exit when asked, and are sent SIGTERM by the
 kernel if the main process dies (`shared.lifetime`), so none outlives an analysis.
@@ -15,10 +21,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import signal
 import threading
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Iterator, Sequence
 
 import cv2
@@ -30,7 +36,6 @@ from shared.lifetime import exit_with_parent
 from shared.model_runtime import Preprocess
 from shared.settings import DetectorSettings
 
-QUEUE_ITEMS = 16
 POLL_S = 0.25
 
 
@@ -70,25 +75,26 @@ def _picklable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
-    except Exception:  # noqa: BLE001 - anything that does not survive the queue becomes its text
+    except Exception:  # noqa: BLE001 - anything that does not survive the pipe becomes its text
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _work(shard: int, shards: int, inputs: Sequence[Input], settings: DetectorSettings, preprocess: Preprocess,
-          every: int, out: mp.Queue, stop, parent_pid: int) -> None:
+          every: int, out: Connection, stop, parent_pid: int) -> None:
     """A worker's whole life (runs in the child process)."""
     exit_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=POLL_S)
-                return True
-            except queue.Full:
-                if os.getppid() != parent_pid:
-                    return False
-        return False
+        # Blocks while the pipe is full; a main process that stops reading sets `stop` and, failing
+        # that, terminates the worker (close()), and one that dies takes it along (exit_with_parent).
+        if stop.is_set():
+            return False
+        try:
+            out.send(item)
+            return True
+        except OSError:  # BrokenPipeError: the main process has closed its end
+            return False
 
     def mine(ordinal: int) -> bool:
         return ordinal % shards == shard
@@ -124,11 +130,12 @@ class DetectWorkers:
         context = mp.get_context("spawn")  # no fork: the parent may hold threads and a loaded model
         self.count = max(1, count)
         self._stop = context.Event()
-        self._queues = [context.Queue(maxsize=QUEUE_ITEMS) for _ in range(self.count)]
+        pipes = [context.Pipe(duplex=False) for _ in range(self.count)]
+        self._readers = [reader for reader, _ in pipes]
         self._processes = [context.Process(target=_work, name=f"analyze-detect-{k}", daemon=True,
                                            args=(k, self.count, list(inputs), settings, preprocess, every,
-                                                 self._queues[k], self._stop, os.getpid()))
-                           for k in range(self.count)]
+                                                 writer, self._stop, os.getpid()))
+                           for k, (_, writer) in enumerate(pipes)]
         self.detector = ""
         # Born ignoring SIGINT (an ignored signal stays ignored across exec, and Python then installs no
         # KeyboardInterrupt handler): Ctrl+C in the terminal reaches the whole group, and only the main
@@ -141,17 +148,25 @@ class DetectWorkers:
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
+            for _, writer in pipes:
+                writer.close()  # each worker holds the only write end of its pipe now
+
+    def _exited(self, k: int) -> WorkerError:
+        process = self._processes[k]
+        process.join(timeout=1)
+        return WorkerError(f"detection worker {k} exited (code {process.exitcode}) before finishing")
 
     def _get(self, k: int):
+        reader = self._readers[k]
         while True:
             try:
-                item = self._queues[k].get(timeout=POLL_S)
-            except queue.Empty:
-                process = self._processes[k]
-                if not process.is_alive():
-                    raise WorkerError(f"detection worker {k} exited (code {process.exitcode}) before finishing") \
-                        from None
-                continue
+                if not reader.poll(POLL_S):
+                    if not self._processes[k].is_alive() and not reader.poll(0):
+                        raise self._exited(k)
+                    continue
+                item = reader.recv()
+            except (EOFError, OSError):  # OSError: it died in the middle of a message
+                raise self._exited(k) from None
             if isinstance(item, _Failed):
                 raise item.error
             return item
@@ -182,11 +197,10 @@ class DetectWorkers:
 
     def close(self) -> None:
         self._stop.set()
+        for reader in self._readers:
+            reader.close()  # a worker waiting on a full pipe gets a broken pipe and exits
         for process in self._processes:
             process.join(timeout=3)
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=3)
-        for q in self._queues:
-            q.cancel_join_thread()  # items nobody will read must not hold the exit
-            q.close()

@@ -175,3 +175,28 @@ def test_a_worker_that_dies_is_an_error_not_a_hang(offline_settings, tmp_path):
     finally:
         workers.close()
     assert not any(p.is_alive() for p in workers._processes)
+
+
+def _die_in_the_middle_of_a_message(writer) -> None:
+    import struct
+
+    os.write(writer.fileno(), struct.pack("!i", 5000) + b"\0" * 100)  # a message's header, a fiftieth of its body
+    os._exit(9)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_killed_in_the_middle_of_a_message_is_an_error_not_a_hang():
+    """The race behind a CI hang: a worker killed while writing left the main process waiting for the
+    rest of the message (a queue's writer stays open in the main process). Made deterministic here."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_die_in_the_middle_of_a_message, args=(writer,))
+    process.start()
+    writer.close()  # as DetectWorkers does once its workers run
+    workers = DetectWorkers.__new__(DetectWorkers)  # its reading side only, fed by the process above
+    workers._readers, workers._processes = [reader], [process]
+    with pytest.raises(WorkerError, match="detection worker 0 exited \\(code 9\\)"):
+        workers._get(0)
+
