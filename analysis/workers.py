@@ -161,9 +161,7 @@ class DetectWorkers:
         while True:
             try:
                 if not reader.poll(POLL_S):
-                    if not self._processes[k].is_alive() and not reader.poll(0):
-                        raise self._exited(k)
-                    continue
+                    continue  # a worker that exits closes the only write end: the poll then sees EOF
                 item = reader.recv()
             except (EOFError, OSError):  # OSError: it died in the middle of a message
                 raise self._exited(k) from None

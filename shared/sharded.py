@@ -92,7 +92,7 @@ class ShardedReplica:
         self.metrics = metrics
         if self.stream is not None and self.group is not None:
             for shard in self.keys.all_shards():
-                stream = getattr(shard, self.stream)
+                stream = shard.stream(self.stream)
                 metrics.watch_groups(groups_from_state(self.client, [(stream, self.group)]), key=(stream, self.group))
         if describes:
             metrics.watch_shards(lambda: len(self._serving()))

@@ -57,7 +57,7 @@ def stream_lengths(client: Client, keys: Keys, name: str) -> tuple[int, int]:
     """(entries, dead letters) of one stream summed over the shards."""
     pipe = client.pipeline(transaction=False)
     for shard in keys.all_shards():
-        stream = getattr(shard, name)
+        stream = shard.stream(name)
         pipe.xlen(stream)
         pipe.xlen(keys.dead(stream))
     replies = pipe.execute()
@@ -68,7 +68,7 @@ def sharded_group_state(client: Client, keys: Keys, name: str, group: str) -> Gr
     """One group's state over every shard of stream `name`: lag and pending summed (lag unknown if
     it is unknown in any shard), `exists` once it exists in some shard, `consumers` the most any
     shard's group has (a replica reading every shard is a consumer in each)."""
-    states = [group_state(client, getattr(shard, name), group) for shard in keys.all_shards()]
+    states = [group_state(client, shard.stream(name), group) for shard in keys.all_shards()]
     lags = [s.lag for s in states]
     return GroupState(exists=any(s.exists for s in states), lag=None if None in lags else sum(lags),
                       pending=sum(s.pending for s in states), consumers=max(s.consumers for s in states),
@@ -77,7 +77,7 @@ def sharded_group_state(client: Client, keys: Keys, name: str, group: str) -> Gr
 
 def backlog(client: Client, keys: Keys, name: str, group: str) -> int:
     """Entries of stream `name` that `group` has not acknowledged yet, over every shard."""
-    return sum(group_state(client, getattr(shard, name), group).backlog for shard in keys.all_shards())
+    return sum(group_state(client, shard.stream(name), group).backlog for shard in keys.all_shards())
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def entries_since(client: Client, keys: Keys, name: str, since_ms: int = 0, page
                   ) -> Iterator[ShardEntry]:
     """Every entry of stream `name` from `since_ms` on, shard after shard (each in stream order)."""
     for shard in keys.all_shards():
-        stream = getattr(shard, name)
+        stream = shard.stream(name)
         start = f"{since_ms}-0"
         while True:
             entries = client.xrange(stream, min=start, count=page)
@@ -111,7 +111,7 @@ def entries_after(client: Client, keys: Keys, name: str, cursors: dict[int, tupl
     pipe = client.pipeline(transaction=False)
     for shard in keys.all_shards():
         cursor = cursors.get(shard.shard)
-        pipe.xrange(getattr(shard, name), min="(" + format_id(cursor) if cursor else "-", max="+", count=count)
+        pipe.xrange(shard.stream(name), min="(" + format_id(cursor) if cursor else "-", max="+", count=count)
     return [ShardEntry(shard, entry_id, fields) for shard, entries in enumerate(pipe.execute())
             for entry_id, fields in entries]
 
@@ -121,7 +121,7 @@ def newest_cursors(client: Client, keys: Keys, name: str) -> dict[int, tuple[int
     (where a live feed starts). A shard with no entries has no cursor (it is read from its start)."""
     pipe = client.pipeline(transaction=False)
     for shard in keys.all_shards():
-        pipe.xrevrange(getattr(shard, name), count=1)
+        pipe.xrevrange(shard.stream(name), count=1)
     return {shard: parse_id(newest[0][0]) for shard, newest in enumerate(pipe.execute()) if newest}
 
 
@@ -131,8 +131,8 @@ def read_after(client: Client, keys: Keys, name: str, cursors: dict[int, tuple[i
     stream on a single node (or a cluster with one shard); on a cluster, where one read cannot span
     slots, non-blocking reads of every shard every POLL_S until something comes."""
     if keys.shards == 1 or not is_cluster(client):
-        streams = {getattr(shard, name): format_id(cursors.get(shard.shard, (0, 0))) for shard in keys.all_shards()}
-        by_key = {getattr(shard, name): shard.shard for shard in keys.all_shards()}
+        streams = {shard.stream(name): format_id(cursors.get(shard.shard, (0, 0))) for shard in keys.all_shards()}
+        by_key = {shard.stream(name): shard.shard for shard in keys.all_shards()}
         reply = client.xread(streams, count=count, block=max(1, block_ms))
         return [ShardEntry(by_key[text(stream)], entry_id, fields) for stream, entries in reply or []
                 for entry_id, fields in entries]

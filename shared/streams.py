@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
@@ -36,6 +36,10 @@ RECORDER_GROUP = "recorder"
 CROPS_GROUP = "recorder-crops"  # the opt-in crop recorder (recorder.keep_crops) on the faces stream
 
 MAX_SHARDS = 256
+
+
+StreamName = Literal["frames", "faces", "events"]
+STREAM_NAMES: tuple[StreamName, ...] = ("frames", "faces", "events")
 
 
 @lru_cache(maxsize=4 * MAX_SHARDS)
@@ -111,6 +115,12 @@ class Keys:
     @property
     def events(self) -> str:
         return self._in_shard("events")
+
+    def stream(self, name: "StreamName") -> str:
+        """The key of this shard's stream called `name` (as the table of streams names them)."""
+        if name not in STREAM_NAMES:
+            raise ValueError(f"unknown stream {name!r} (streams: {', '.join(STREAM_NAMES)})")
+        return self._in_shard(name)
 
     @staticmethod
     def dead(stream: str) -> str:
@@ -246,9 +256,6 @@ EVENTS_RETENTION = Retention(cap=500_000, after_ack=True, keep_ms=LIVE_WINDOW_MS
 DEAD_RETENTION = Retention(cap=10_000, live=True)  # each letter was logged and counted when it was written
 
 
-STREAM_NAMES = ("frames", "faces", "events")
-
-
 class StreamTable:
     """Every stream of one deployment, in every shard, with its groups and its retention rule.
 
@@ -269,7 +276,7 @@ class StreamTable:
         self.frames, self.faces, self.events = self._specs(keys)
 
     def _specs(self, shard: Keys) -> tuple[StreamSpec, ...]:
-        return tuple(StreamSpec(name, getattr(shard, name), *self._rules[name], shard=shard.shard)
+        return tuple(StreamSpec(name, shard.stream(name), *self._rules[name], shard=shard.shard)
                      for name in STREAM_NAMES)
 
     def __iter__(self):
