@@ -266,6 +266,14 @@ def png_timeline(data: ReportData, path: Path) -> Path:
     return _save(canvas, path)
 
 
+def warm_up() -> None:
+    """Build (and discard) the report's figures once: the first plotly figure of a process costs over a
+    second of imports and validator set-up, which `emotion analyze` pays on a thread while its workers
+    start instead of after the last frame."""
+    for figure in _figures(ReportData()):
+        figure.to_html(full_html=False, include_plotlyjs=False)
+
+
 def write_report(data: ReportData, prefix: str, title: str, facts: dict[str, str]) -> dict[str, str]:
     """Every report file at `prefix` + its name; returns their paths by kind."""
     paths = {kind: Path(prefix + name) for kind, name in FILES.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,11 +22,12 @@ from typing import Literal, TextIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from analysis.annotate import Annotator
+from analysis.background import BackgroundSink
 from analysis.inputs import Input, InputError, expand
 from analysis.pipeline import Pipeline, PipelineConfig, Totals, expected_analysed, input_span_ms
 from analysis.progress import Progress
 from analysis.workers import DetectWorkers
-from analysis.report import ReportData, write_report
+from analysis.report import ReportData, warm_up, write_report
 from analysis.rows import RowWriter, output_format
 from shared.bootstrap import answering_role, registry_from
 from shared.model_runtime import EmotionModel, TtaMode
@@ -142,6 +144,10 @@ def analyze(settings: Settings, request: AnalyzeRequest, progress_stream: TextIO
     analysed = sum(expected_analysed(item, request.every) for item in inputs)
     count = min(settings.analyze.workers or os.cpu_count() or 1, max(1, analysed))
     sinks = _open_sinks(settings, request, inputs, config)
+    report_ready = None
+    if "report" in sinks:
+        report_ready = threading.Thread(target=warm_up, name="analyze-report-warm-up", daemon=True)
+        report_ready.start()
     try:
         workers = DetectWorkers(inputs, count, settings.detector, model.preprocess, request.every)
     except BaseException:
@@ -156,7 +162,10 @@ def analyze(settings: Settings, request: AnalyzeRequest, progress_stream: TextIO
         bar = Progress(analysed, progress_stream, progress)
         startup_s = time.perf_counter() - started
         started = time.perf_counter()
-        pipeline = Pipeline(config, list(sinks.values()), lambda totals: bar.update(totals.frames, totals.faces))
+        # The annotated video is drawn and encoded on its own thread, beside classification (analysis.background).
+        running = [BackgroundSink(sink, name="analyze-annotate-write") if name == "annotate" else sink
+                   for name, sink in sinks.items()]
+        pipeline = Pipeline(config, running, lambda totals: bar.update(totals.frames, totals.faces))
         try:
             totals = pipeline.run(inputs, workers)
         finally:
@@ -165,6 +174,8 @@ def analyze(settings: Settings, request: AnalyzeRequest, progress_stream: TextIO
         workers.close()
     rows, annotator, report, store = (sinks.get(k) for k in ("rows", "annotate", "report", "store"))
     outputs = Outputs(rows=str(request.out) if request.out else None)
+    if report_ready is not None:
+        report_ready.join()
     if annotator is not None:
         outputs.annotated = str(annotator.target)
         outputs.annotated_files = len(annotator.paths)
