@@ -54,17 +54,21 @@ def _stage_summary(events: list[EmotionEvent]) -> dict:
 
 
 def run_up(settings: Settings, client: redis.Redis, *, cameras: int, fps: float, duration_s: float, warmup_s: float,
-           classifiers: int = 1, source: str = "demo") -> dict:
-    """One `emotion up --json --no-dashboard` run in an isolated prefix; its summary plus our measurements."""
+           classifiers: int = 1, detectors: int = 1, source: str = "demo") -> dict:
+    """One `emotion up --json --no-dashboard` run in an isolated prefix; its summary plus our measurements.
+    With `detectors` > 1 the frames are split into as many shards (one per replica, by camera)."""
+    if detectors > 1:
+        settings = settings.model_copy(update={"shards": detectors})
     with isolated(settings, client) as run_settings, tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp:
         keys = Keys.of(run_settings)  # EMOTION_SHARDS from the environment, as `emotion up` will see it
         env = dict(os.environ, EMOTION_PREFIX=run_settings.prefix, EMOTION_REDIS_URL=settings.redis_url,
                    EMOTION_CAPTURE__FPS=str(fps), EMOTION_DATABASE_URL=f"sqlite:///{tmp}/events.sqlite",
-                   EMOTION_DATA_DIR=str(Path(tmp) / "data"), PYTHONUNBUFFERED="1")
+                   EMOTION_DATA_DIR=str(Path(tmp) / "data"), EMOTION_SHARDS=str(run_settings.shards),
+                   PYTHONUNBUFFERED="1")
         env.pop("REDIS_URL", None)
         env.pop("DATABASE_URL", None)
         command = [sys.executable, "-m", "emotion", "up", "--duration", str(duration_s), "--json", "--no-dashboard",
-                   "--classifiers", str(classifiers)]
+                   "--classifiers", str(classifiers), "--detectors", str(detectors)]
         for _ in range(cameras):
             command += ["--source", source]
         stderr_path = Path(tmp) / "up.stderr"
@@ -104,6 +108,7 @@ def run_up(settings: Settings, client: redis.Redis, *, cameras: int, fps: float,
         shed_steady = shed_total - (shed_at_warmup if shed_at_warmup is not None else 0)
         return {
             "cameras": cameras, "fps": fps, "duration_s": duration_s, "warmup_s": warmup_s, "classifiers": classifiers,
+            "detectors": detectors, "shards": run_settings.shards,
             "source": source, "exit_code": proc.returncode, "wall_s": round(wall_s, 1),
             "frames": summary.get("frames"), "faces": summary.get("faces"), "events": summary.get("events"),
             "lost": summary.get("lost"), "dead_letters": summary.get("dead_letters"),
@@ -118,15 +123,15 @@ def run_up(settings: Settings, client: redis.Redis, *, cameras: int, fps: float,
 
 
 def run_pipeline_bench(settings: Settings, client: redis.Redis, *, cameras: list[int], fps: float = 15.0,
-                       duration_s: float = 15.0, warmup_s: float = 3.0, classifiers: int = 1,
+                       duration_s: float = 15.0, warmup_s: float = 3.0, classifiers: int = 1, detectors: int = 1,
                        sweep_fps: list[float] | None = None, sweep_cameras: int = 2, source: str = "demo") -> dict:
     runs = [run_up(settings, client, cameras=n, fps=fps, duration_s=duration_s, warmup_s=warmup_s,
-                   classifiers=classifiers, source=source) for n in cameras]
+                   classifiers=classifiers, detectors=detectors, source=source) for n in cameras]
     sweep, highest = [], None
     for rate in sorted(sweep_fps or []):
         run = next((r for r in runs if r["cameras"] == sweep_cameras and r["fps"] == rate), None) or \
             run_up(settings, client, cameras=sweep_cameras, fps=rate, duration_s=duration_s, warmup_s=warmup_s,
-                   classifiers=classifiers, source=source)
+                   classifiers=classifiers, detectors=detectors, source=source)
         sustained = run["lost"] == 0 and (run["shed_frames_steady"] or 0) == 0
         sweep.append({"fps": rate, "cameras": sweep_cameras, "sustained": sustained,
                       "shed_frames_steady": run["shed_frames_steady"], "shed_frames": run["shed_frames"],

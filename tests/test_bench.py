@@ -57,6 +57,15 @@ def test_classifier_bench_json_and_no_face_lost(bench_env, tmp_path):
     assert leftovers == [], "the benchmark deletes its isolated keys"
 
 
+def test_pipeline_bench_with_detector_replicas_splits_the_cameras_into_shards(bench_env, tmp_path):
+    result = _bench(bench_env, tmp_path, "pipeline", "--cameras", "2", "--detectors", "2", "--duration", "4",
+                    "--warmup", "1", "--no-sweep")
+    (run,) = result["runs"]
+    assert (run["cameras"], run["detectors"], run["shards"]) == (2, 2, 2)
+    assert run["exit_code"] == 0 and all(run["drained"].values())
+    assert run["frames"] > 0 and run["faces"] > 0 and run["events"] == run["faces"] and run["lost"] == 0
+
+
 def test_detector_bench_json(bench_env, tmp_path):
     result = _bench(bench_env, tmp_path, "detector", "--frames", "4", "--repeats", "1", "--recall-faces", "10")
     assert result["frames_per_s_640x480"] > 0 and result["frames_per_s_1280x720"] > 0

@@ -88,7 +88,7 @@ def cmd_pipeline(args) -> int:
     settings = _settings()
     result = module.run_pipeline_bench(settings, _client(settings), cameras=args.cameras, fps=args.fps,
                                        duration_s=args.duration, warmup_s=args.warmup, classifiers=args.classifiers,
-                                       sweep_fps=[] if args.no_sweep else args.sweep_fps,
+                                       detectors=args.detectors, sweep_fps=[] if args.no_sweep else args.sweep_fps,
                                        sweep_cameras=args.sweep_cameras, source=args.source)
     _emit(module, result, args)
     return 0 if result["lost"] == 0 else 1
@@ -154,6 +154,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=float, default=3.0,
                    help="seconds at the start of each run left out of the steady-state numbers (default 3)")
     p.add_argument("--classifiers", type=at_least_one, default=1, help="classifier replicas (default 1)")
+    p.add_argument("--detectors", type=at_least_one, default=1,
+                   help="detector replicas, the frames split by camera into as many shards (default 1)")
     p.add_argument("--source", default="demo", help="source of every camera (default demo)")
     p.add_argument("--sweep-fps", type=_list(float), default=[15.0, 20.0, 30.0],
                    help="fps values tried for the highest sustained fps (default 15,20,30)")

@@ -33,20 +33,24 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return cv2.merge([gray, (gray * 0.95).astype(np.uint8), (gray * 0.85).astype(np.uint8)])
 
 
-def _expression_maps(shape: tuple[int, int], smile: float, brows: float) -> tuple[np.ndarray, np.ndarray]:
-    """Remap grids that move the mouth corners (smile>0 up, <0 down) and the brows (brows>0 up)."""
-    h, w = shape
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    dy = np.zeros((h, w), np.float32)
-    mx, my = _MOUTH
-    for side in (-1, 1):
-        cx = mx + side * _MOUTH_HALF_WIDTH
-        weight = np.exp(-(((xs - cx) / 9.0) ** 2 + ((ys - my) / 7.0) ** 2))
-        dy += smile * 6.0 * weight
-    brow_weight = np.exp(-(((xs - mx) / 40.0) ** 2 + ((ys - _BROWS_Y) / 8.0) ** 2))
-    dy += brows * 5.0 * brow_weight
-    # remap samples from (x, y + dy): content moves up by dy.
-    return xs, ys + dy
+class _ExpressionWarp:
+    """Remap grids that move the mouth corners (smile>0 up, <0 down) and the brows (brows>0 up).
+
+    The displacement is smile and brows times fixed bumps around the mouth corners and the brows, so the
+    bumps are computed once per face size; a frame only scales and adds them (the exponentials of every
+    frame were most of a demo camera's cost: eight of them used a core beside the pipeline they feed)."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        h, w = shape
+        self.xs, self.ys = np.mgrid[0:h, 0:w].astype(np.float32)[::-1]
+        mx, my = _MOUTH
+        self.mouth = sum(np.exp(-(((self.xs - (mx + side * _MOUTH_HALF_WIDTH)) / 9.0) ** 2
+                                  + ((self.ys - my) / 7.0) ** 2)) for side in (-1, 1)).astype(np.float32)
+        self.brows = np.exp(-(((self.xs - mx) / 40.0) ** 2 + ((self.ys - _BROWS_Y) / 8.0) ** 2)).astype(np.float32)
+
+    def maps(self, smile: float, brows: float) -> tuple[np.ndarray, np.ndarray]:
+        # remap samples from (x, y + dy): content moves up by dy.
+        return self.xs, self.ys + (smile * 6.0) * self.mouth + (brows * 5.0) * self.brows
 
 
 class AstronautDemo:
@@ -60,6 +64,7 @@ class AstronautDemo:
         self.portrait = portrait[y:y + h, x:x + w].copy()
         self.fps = fps
         self.background = _background(np.random.default_rng(seed))
+        self.warp = _ExpressionWarp(self.portrait.shape[:2])
         self.frame_index = 0
 
     def frame(self) -> np.ndarray:
@@ -68,7 +73,7 @@ class AstronautDemo:
         canvas = self.background.copy()
         smile = math.sin(2 * math.pi * t / 8.0)
         brows = max(0.0, math.sin(2 * math.pi * t / 11.0 + 1.0))
-        map_x, map_y = _expression_maps(self.portrait.shape[:2], smile, brows)
+        map_x, map_y = self.warp.maps(smile, brows)
         face = cv2.remap(self.portrait, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         scale = 1.0 + 0.15 * math.sin(2 * math.pi * t / 13.0)
         face = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
@@ -76,7 +81,7 @@ class AstronautDemo:
         fy = int(20 + (HEIGHT - face.shape[0] - 40) * (0.5 + 0.5 * math.sin(2 * math.pi * t / 7.0)))
         _paste(canvas, face, fx, fy)
         if math.sin(2 * math.pi * t / 20.0) > -0.3:  # a second, mirrored face for two thirds of the time
-            other = cv2.flip(cv2.remap(self.portrait, *_expression_maps(self.portrait.shape[:2], -smile, 0.0),
+            other = cv2.flip(cv2.remap(self.portrait, *self.warp.maps(-smile, 0.0),
                                        cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), 1)
             other = cv2.resize(other, None, fx=0.8, fy=0.8)
             _paste(canvas, other, WIDTH - other.shape[1] - 30, HEIGHT - other.shape[0] - 30)
