@@ -166,6 +166,11 @@ def test_a_shipped_campaign_serves_its_central_window_with_ten_crop_scores(tmp_p
     assert "ten-crop" in report and "emotion train --resume ship-v1" in report and (out / "curve.png").is_file()
     assert not (out / "model.keras").exists()  # the campaign's float16 weights are the trainable copy
     assert meta.model_dump()["tflite_weights"] == "float16"
+    # The framing it crops with is the shipped default's, and so is the record of how it was calibrated.
+    source = json.loads((REPO_ROOT / "models" / "default" / "metadata.json").read_text())
+    shipped = json.loads((out / "metadata.json").read_text())
+    assert shipped["preprocess"]["framing"] == source["preprocess"]["framing"]
+    assert shipped["framing_calibration"] == source["framing_calibration"]
 
 
 def test_recipe_full_runs_from_the_cli_as_one_command(tmp_path, tiny_data):

@@ -7,6 +7,7 @@ runtime crops accordingly, so every serving path (plain, flip, ten-crop) uses th
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from trainer.recipes import BEST_FILE, CURVE_FILE, CampaignState
 log = logging.getLogger(__name__)
 
 FRAMING_SOURCE = REPO_ROOT / "models" / "default"  # FER-2013 framing, shared by every FER-trained model
+
+
+def framing_record(framing_from: Path = FRAMING_SOURCE) -> dict:
+    """How the shared framing was calibrated (`emotion calibrate-framing`'s record), kept with every model
+    that crops with it."""
+    path = Path(framing_from) / "metadata.json"
+    return json.loads(path.read_text()).get("framing_calibration") or {} if path.exists() else {}
 
 
 def campaign_preprocess(state: CampaignState, framing_from: Path = FRAMING_SOURCE) -> Preprocess:
@@ -37,12 +45,13 @@ def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, r
     if state.best_epoch is None:
         raise FileNotFoundError(f"{run_dir}: the campaign has not finished an epoch yet")
     version = version or f"{state.name}-e{state.best_epoch}"
+    preprocess, calibration = campaign_preprocess(state), framing_record()  # read first: out_dir may be the source
     model = build_model(state.recipe)
     load_weights(model, run_dir / BEST_FILE)
     training_seconds = sum(r.seconds for r in state.history)
     export_model(model, out_dir, version=version, architecture=state.recipe.architecture, metrics={},
                  data_fingerprint=state.data_fingerprint, training_seconds=training_seconds,
-                 train_config=state.recipe.model_dump(mode="json"), preprocess=campaign_preprocess(state),
+                 train_config=state.recipe.model_dump(mode="json"), preprocess=preprocess,
                  keep_keras=False, float16_weights=True)  # 5 MB instead of 11 for the VGG: it is committed
     difference = check_roundtrip(out_dir, model, atol=FLOAT16_ROUNDTRIP_TOLERANCE)
 
@@ -58,7 +67,8 @@ def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, r
                 "total_epochs": state.recipe.total_epochs, "best_epoch": state.best_epoch,
                 "stretches": [s.model_dump() for s in state.stretches]}
     update_metadata(out_dir, metrics={name: metrics_summary(r) for name, r in results.items()},
-                    roundtrip_max_diff=difference, campaign=campaign)
+                    roundtrip_max_diff=difference, campaign=campaign,
+                    **({"framing_calibration": calibration} if calibration else {}))
     draw_curve(state, out_dir / CURVE_FILE)
     write_report(out_dir, results)
     log.info("shipped %s (epoch %d of %s) to %s", version, state.best_epoch, state.name, out_dir)
