@@ -124,15 +124,18 @@ class _Backend:
 
     def _tiled(self, level: np.ndarray, min_side: int) -> list[Detection]:
         """Faces in overlapping tiles of one level; a face touching an inner tile edge is dropped,
-        because the overlap guarantees that it lies whole inside the neighbouring tile."""
+        because the overlap guarantees that it lies whole inside the neighbouring tile. The last tile
+        of a row or column is moved back to end at the level's edge (overlapping its neighbour more),
+        so every tile of a level has the same size: the CNN backend builds its network once per input
+        size, and ragged edge tiles made up to four sizes per level."""
         height, width = level.shape[:2]
         if self.native_max_face is None or max(width, height) <= PHOTO_TILE:
             return self._native(level, min_side)
         overlap = self.native_max_face
         step = PHOTO_TILE - overlap
         found = []
-        for y0 in range(0, max(1, height - overlap), step):
-            for x0 in range(0, max(1, width - overlap), step):
+        for y0 in (min(y, max(0, height - PHOTO_TILE)) for y in range(0, max(1, height - overlap), step)):
+            for x0 in (min(x, max(0, width - PHOTO_TILE)) for x in range(0, max(1, width - overlap), step)):
                 tile = level[y0:y0 + PHOTO_TILE, x0:x0 + PHOTO_TILE]
                 th, tw = tile.shape[:2]
                 for d in self._native(tile, min_side):

@@ -118,7 +118,6 @@ class _GraphBuilder:
         self.buffers = [tfl.BufferT()]  # buffer 0: the empty buffer of every activation
         self.operators: list[tfl.OperatorT] = []
         self.codes: dict[int, int] = {}
-        self.shapes: dict[int, tuple[int, int, int]] = {}
 
     def _tensor(self, shape: tuple[int, ...], data: np.ndarray | None = None, dtype: int = tfl.TensorType.FLOAT32) -> int:
         tensor = tfl.TensorT()
@@ -127,13 +126,15 @@ class _GraphBuilder:
         if data is not None:
             buffer = tfl.BufferT()
             # A numpy uint8 array packs in one copy (a bytes object is packed byte by byte: 0.3 s).
-            buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+            buffer.data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
             self.buffers.append(buffer)
             tensor.buffer = len(self.buffers) - 1
         self.tensors.append(tensor)
-        if len(shape) == 4:
-            self.shapes[len(self.tensors) - 1] = tuple(shape[1:])
         return len(self.tensors) - 1
+
+    def _shape(self, tensor: int) -> tuple[int, int, int]:
+        """Height, width and channels of an activation (NHWC, batch 1)."""
+        return tuple(self.tensors[tensor].shape[1:])
 
     def _operator(self, code: int, inputs: list[int], outputs: list[int], options_type: int, options) -> None:
         operator = tfl.OperatorT()
@@ -144,7 +145,7 @@ class _GraphBuilder:
 
     def conv(self, x: int, index: int, relu: bool) -> int:
         layer = self.layers[index]
-        height, width, channels = self.shapes[x]
+        height, width, channels = self._shape(x)
         activation = tfl.ActivationFunctionType.RELU if relu else tfl.ActivationFunctionType.NONE
         if index == 0:
             # The library feeds the stem 27 taps per pixel: ((dy+1)*3 + dx+1)*3 + colour. Summing the
@@ -185,7 +186,7 @@ class _GraphBuilder:
         return self.dp(self.dp(x, first), first + 2)
 
     def pool(self, x: int) -> int:
-        height, width, channels = self.shapes[x]
+        height, width, channels = self._shape(x)
         options = tfl.Pool2DOptionsT()
         options.padding, options.strideH, options.strideW = tfl.Padding.VALID, 2, 2
         options.filterHeight = options.filterWidth = 2
@@ -194,7 +195,7 @@ class _GraphBuilder:
         return out
 
     def upsample_add(self, small: int, big: int) -> int:
-        height, width, channels = self.shapes[big]
+        height, width, channels = self._shape(big)
         size = self._tensor((2,), np.array([height, width], np.int32), tfl.TensorType.INT32)
         upsampled = self._tensor((1, height, width, channels))
         options = tfl.ResizeNearestNeighborOptionsT()  # no corner alignment: row i takes row i // 2
@@ -219,8 +220,8 @@ class _GraphBuilder:
         for stride, features in ((8, stride8), (16, stride16), (32, stride32)):
             for first, channels in zip(HEAD_LAYERS[stride], HEAD_CHANNELS):
                 head = self.dp(features, first, relu=False)
-                if self.shapes[head][2] != channels:
-                    raise YuNetUnavailable(f"YuNet head layer {first} has {self.shapes[head][2]} channels, "
+                if self._shape(head)[2] != channels:
+                    raise YuNetUnavailable(f"YuNet head layer {first} has {self._shape(head)[2]} channels, "
                                            f"expected {channels}")
                 outputs.append(head)
         subgraph = tfl.SubGraphT()
