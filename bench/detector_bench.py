@@ -11,7 +11,9 @@ Recall: FER-2013 PublicTest faces composed two per 640x480 frame (`trainer.frami
 ±15°; a face is found when a detection overlaps its square with IoU >= 0.3. The served model then
 classifies each found face from the crop the detector service would publish (detect -> align ->
 crop with the model's calibrated framing -> classify), and its top-1 is compared with its top-1 on
-the original 48x48 crops of the same faces.
+the original 48x48 crops of the same faces. Both on the live path (`detect`, at detect_width) and on
+the photo path (`detect_photo`: uploads on the Analyze page and /api/analyze, with the roll search
+that `roll_search=photos`, the default, gives them).
 
 Tracking: `tracking_scene` renders four real faces (the astronaut portrait, two of them mirrored)
 moving on straight lines that cross, with the later face hiding the earlier one; detections are
@@ -103,17 +105,35 @@ def _speed(settings: Settings, preprocess: Preprocess, width: int, height: int, 
 
 
 def _recall(settings: Settings, model: EmotionModel | None, images: np.ndarray, labels: np.ndarray) -> dict:
-    """Recall and serving-path top-1 for upright and turned faces (see the module docstring)."""
-    from trainer.framing import compose, match
-
+    """Recall and serving-path top-1 for upright and turned faces (see the module docstring): on the
+    live path (`detect`, at detect_width) and on the photo path (`detect_photo`, what the Analyze page
+    and /api/analyze run on an upload)."""
     detector = make_detector(settings.detector)
     preprocess = model.preprocess if model else Preprocess()
     original = model.predict(images).argmax(axis=1) == labels if model else None
-    rows, started = [], time.perf_counter()
+    started = time.perf_counter()
+    rows = _recall_rows(detector.detect, detector.name, model, preprocess, images, labels, original)
+    photo_rows = _recall_rows(detector.detect_photo, detector.name, model, preprocess, images, labels, original)
+    upright = rows[0]
+    total = sum(r["found"] for r in rows)
+    return {"faces": int(len(images)), "recall": upright["recall"], "found": upright["found"],
+            "false_positives": upright["false_positives"],
+            "recall_all_angles": round(total / (len(images) * len(ANGLES)), 4),
+            "top1_original": round(float(original.mean()), 4) if model else None,
+            "framing": detector.name in preprocess.framing, "iou_threshold": IOU_FOUND,
+            "roll_search": settings.detector.roll_search, "roll_search_deg": settings.detector.roll_search_deg,
+            "by_angle": rows, "photo_by_angle": photo_rows, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _recall_rows(detect, backend: str, model: EmotionModel | None, preprocess: Preprocess, images: np.ndarray,
+                 labels: np.ndarray, original: np.ndarray | None) -> list[dict]:
+    from trainer.framing import compose, match
+
+    rows = []
     for angle in ANGLES:
         found, false_positives, correct, indices = 0, 0, 0, []
         for frame_index, composed in enumerate(compose(images, seed=1, angle_deg=angle)):
-            detections = detector.detect(composed.frame)
+            detections = detect(composed.frame)
             matched = [match(truth, detections) for truth in composed.truths]
             false_positives += sum(1 for d in detections if all(d is not m for m in matched))
             for slot, detection in enumerate(matched):
@@ -124,7 +144,7 @@ def _recall(settings: Settings, model: EmotionModel | None, images: np.ndarray, 
                 indices.append(index)
                 if model is not None:
                     crop = crop_face(composed.frame, detection.box, preprocess, landmarks=detection.landmarks,
-                                     backend=detector.name)
+                                     backend=backend)
                     correct += int(model.predict(crop[None]).argmax() == labels[index])
         row = {"angle": angle, "faces": int(len(images)), "found": found, "recall": round(found / len(images), 4),
                "false_positives": false_positives}
@@ -133,14 +153,7 @@ def _recall(settings: Settings, model: EmotionModel | None, images: np.ndarray, 
             row["top1_original_same_faces"] = round(float(original[indices].mean()), 4)
             row["top1_delta_points"] = round(100 * (row["top1_serving"] - row["top1_original_same_faces"]), 2)
         rows.append(row)
-    upright = rows[0]
-    total = sum(r["found"] for r in rows)
-    return {"faces": int(len(images)), "recall": upright["recall"], "found": upright["found"],
-            "false_positives": upright["false_positives"],
-            "recall_all_angles": round(total / (len(images) * len(ANGLES)), 4),
-            "top1_original": round(float(original.mean()), 4) if model else None,
-            "framing": detector.name in preprocess.framing, "iou_threshold": IOU_FOUND, "by_angle": rows,
-            "seconds": round(time.perf_counter() - started, 1)}
+    return rows
 
 
 # --- tracking ---------------------------------------------------------------------------------------
@@ -293,15 +306,16 @@ def table(result: dict) -> str:
     rows = []
     for b in result["backends"]:
         if "skipped" in b:
-            rows.append((b["backend"], "skipped: " + b["skipped"], "", "", "", "", ""))
+            rows.append((b["backend"], "skipped: " + b["skipped"], "", "", "", "", "", ""))
             continue
         r = b["recall_detail"]
         upright = r.get("by_angle", [{}])[0]
+        photo = "/".join(str(row["recall"]) for row in r.get("photo_by_angle", [])) or "-"
         rows.append((b["backend"], b["frames_per_cpu_s_640x480"], b["frames_per_cpu_s_1280x720"], r.get("recall", "-"),
-                     r.get("recall_all_angles", "-"), upright.get("top1_delta_points", "-"),
+                     r.get("recall_all_angles", "-"), upright.get("top1_delta_points", "-"), photo,
                      b["tracking"]["id_switches"]))
     head = (f"detectors at detect_width={result['detect_width']}, one thread; frames per CPU second, medians of "
             f"{result['backends'][0].get('speed', [{}])[0].get('repeats', '?')} runs; ratio of {result['backend']} "
             f"to haar: {result['ratio_to_haar']}")
     return head + "\n" + format_table(("backend", "fps 640x480", "fps 1280x720", "recall", "recall ±15°",
-                                       "top-1 Δ pts", "id switches"), rows)
+                                       "top-1 Δ pts", "photo recall 0/+15/-15°", "id switches"), rows)

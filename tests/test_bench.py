@@ -73,6 +73,8 @@ def test_detector_bench_json(bench_env, tmp_path):
     if result["recall"] is not None:
         assert result["recall_detail"]["faces"] == 10
         assert [row["angle"] for row in result["recall_detail"]["by_angle"]] == [0.0, 15.0, -15.0]
+        assert [row["angle"] for row in result["recall_detail"]["photo_by_angle"]] == [0.0, 15.0, -15.0]
+        assert result["recall_detail"]["roll_search"] == "photos"
     names = [b["backend"] for b in result["backends"]]
     assert names == ["yunet", "haar"]  # every backend in the same run (yunet marked skipped where absent)
     assert result["ratio_to_haar"] is None or result["ratio_to_haar"]["640x480"] > 0
