@@ -41,7 +41,7 @@ NMS_IOU = 0.3
 # A face found only in a turned copy of the image must be this much more confident than the setting
 # asks: two more passes are two more chances for a borderline false positive (a collar read as a
 # face at 0.51), while real tilted faces score well above it (docs/detection.md).
-TURNED_CONFIDENCE_MARGIN = 0.1
+TURNED_CONFIDENCE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
