@@ -69,15 +69,13 @@ class Detection:
         box (where the face lies in the frame); the landmarks keep the face's roll, which is what the
         eye-levelling alignment needs."""
         b = self.box
-        corners = np.array([[b.x, b.y, 1.0], [b.x + b.w, b.y, 1.0], [b.x, b.y + b.h, 1.0],
-                            [b.x + b.w, b.y + b.h, 1.0]]) @ inverse.T
-        (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+        points = [(b.x, b.y), (b.x + b.w, b.y), (b.x, b.y + b.h), (b.x + b.w, b.y + b.h), *(self.landmarks or ())]
+        back = np.asarray(points, dtype=np.float64) @ inverse[:, :2].T + inverse[:, 2]
+        (x0, y0), (x1, y1) = back[:4].min(axis=0), back[:4].max(axis=0)
         box = BBox.from_float(x0, y0, x1 - x0, y1 - y0, width, height)
         if box is None:
             return None
-        marks = None if self.landmarks is None else tuple(
-            (float(inverse[0, 0] * x + inverse[0, 1] * y + inverse[0, 2]),
-             float(inverse[1, 0] * x + inverse[1, 1] * y + inverse[1, 2])) for x, y in self.landmarks)
+        marks = None if self.landmarks is None else tuple((float(x), float(y)) for x, y in back[4:])
         return Detection(box, self.confidence, marks)
 
 

@@ -68,8 +68,8 @@ class DetectorSettings(_Section):
                                                          "counted as faces_over_limit")
     roll_search: Literal["off", "photos", "always"] = Field(
         "photos", description="also search copies of the image turned by ±roll_search_deg, for faces tilted "
-                              "sideways (3x the detection cost; backends with landmarks: yunet): off, photos (uploads and image inputs) or always "
-                              "(live and video frames too)")
+                              "sideways (3x the detection cost; backends with landmarks: yunet): off, photos "
+                              "(uploads and image inputs) or always (live and video frames too)")
     roll_search_deg: float = Field(15.0, gt=0, le=45, description="the turn of the extra roll-search passes, degrees")
     threads: int = Field(1, ge=1, le=64, description="threads of the CNN backend")
     scale_factor: float = Field(1.15, gt=1.0, lt=2.0, description="haar: pyramid step")
