@@ -74,6 +74,8 @@ def test_detector_bench_json(bench_env, tmp_path):
         assert result["recall_detail"]["faces"] == 10
         assert [row["angle"] for row in result["recall_detail"]["by_angle"]] == [0.0, 15.0, -15.0]
         assert [row["angle"] for row in result["recall_detail"]["photo_by_angle"]] == [0.0, 15.0, -15.0]
+        rows = result["recall_detail"]["by_angle"] + result["recall_detail"]["photo_by_angle"]
+        assert all(row["recall"] <= row["recall_either_square"] <= 1 for row in rows)
         assert result["recall_detail"]["roll_search"] == "photos"
     names = [b["backend"] for b in result["backends"]]
     assert names == ["yunet", "haar"]  # every backend in the same run (yunet marked skipped where absent)
