@@ -206,3 +206,35 @@ def test_checkpoint_every_saves_every_nth_epoch_and_every_cycle_end(tmp_path, ti
     state = train_epochs(run)
     assert [r.epoch for r in state.history] == [2, 3, 4, 5]  # 2 and 4 by the interval, 3 and 5 end cycles
     assert state.epochs_done == 5 and state.finished
+
+
+def test_two_campaigns_ship_as_one_graph_that_averages_their_probabilities(tmp_path, tiny_data):
+    from shared.model_runtime import EmotionModel, read_metadata
+    from trainer.campaign import CampaignError, build_model, centre_crop, load_weights, predict, start_campaign, \
+        train_epochs
+    from trainer.ship import ship_campaign
+
+    first, second = tmp_path / "first-v1", tmp_path / "second-v1"
+    start_campaign(first, TINY.model_copy(update={"cycles": [1]}), tiny_data)
+    start_campaign(second, TINY.model_copy(update={"cycles": [1], "seed": 7}), tiny_data)
+    train_epochs(first)
+    train_epochs(second)
+    crops = np.random.default_rng(1).integers(0, 256, (4, 48, 48), dtype=np.uint8)
+    alone = []
+    for run in (first, second):
+        network = build_model(CampaignState.read(run).recipe)
+        load_weights(network, run / BEST_FILE)
+        alone.append(predict(network, centre_crop(crops, TINY.input_size)[..., None].astype(np.float32)))
+    out = ship_campaign(first, tmp_path / "both", also=[second])
+    meta = read_metadata(out)
+    assert meta.version == "first-v1-e1-with-second-v1-e1" and meta.architecture == "compact16+compact16"
+    assert [m["name"] for m in json.loads((out / "metadata.json").read_text())["campaign"]["ensemble"]] == \
+        ["first-v1", "second-v1"]
+    assert np.allclose(EmotionModel(out).predict(crops), (alone[0] + alone[1]) / 2, atol=2e-3)
+    assert not np.allclose(alone[0], alone[1], atol=2e-3)  # two different networks: the average is not trivial
+
+    narrow = tmp_path / "narrow-v1"
+    start_campaign(narrow, TINY.model_copy(update={"cycles": [1], "input_size": 40, "crop_min": 40}), tiny_data)
+    train_epochs(narrow)
+    with pytest.raises(CampaignError, match="must match"):
+        ship_campaign(first, tmp_path / "mixed", also=[narrow])

@@ -3,6 +3,11 @@
 The exported LiteRT graph takes the network's own input side (the central window of the 48-px crop
 for networks trained on random crops); the metadata says so (`Preprocess.network_size`) and the
 runtime crops accordingly, so every serving path (plain, flip, ten-crop) uses the one graph.
+
+Other campaigns may join as an ensemble (`also`): their best networks see the same window, and the
+exported graph averages their probabilities. Networks trained differently disagree on a fifth of
+PublicTest's faces, and the average beats each of them (docs/training.md has the figures); being one
+graph, it needs nothing new from the runtime, and its throughput is measured like any model's.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 from shared.model_runtime import Preprocess, read_metadata
 from shared.settings import REPO_ROOT
-from trainer.campaign import build_model, load_splits, load_weights
+from trainer.campaign import CampaignError, build_model, load_splits, load_weights
 from trainer.curves import draw_curve
 from trainer.export import FLOAT16_ROUNDTRIP_TOLERANCE, check_roundtrip, export_model, update_metadata
 from trainer.recipes import BEST_FILE, CURVE_FILE, CampaignState
@@ -36,21 +42,30 @@ def campaign_preprocess(state: CampaignState, framing_from: Path = FRAMING_SOURC
     return base.model_copy(update={"input_size": 48, "network_size": state.recipe.input_size})
 
 
-def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, require_face: bool = False) -> Path:
-    """Export `run_dir`'s best weights to `out_dir` and write its metrics, report and learning curve."""
+def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, require_face: bool = False,
+                  also: Sequence[Path] = ()) -> Path:
+    """Export `run_dir`'s best weights (averaged with those of the campaigns in `also`, if any) to
+    `out_dir` and write its metrics, report and learning curve."""
     from trainer.evaluate import evaluate, metrics_summary, write_report
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    state = CampaignState.read(run_dir)
-    if state.best_epoch is None:
-        raise FileNotFoundError(f"{run_dir}: the campaign has not finished an epoch yet")
-    version = version or f"{state.name}-e{state.best_epoch}"
+    states = [_finished_state(Path(d)) for d in (run_dir, *also)]
+    state = states[0]
+    for other in states[1:]:
+        if other.recipe.input_size != state.recipe.input_size:
+            raise CampaignError(f"{other.name} sees {other.recipe.input_size}-px windows and {state.name} "
+                                f"{state.recipe.input_size}-px ones: an ensemble's members must match")
+    version = version or "-with-".join(f"{s.name}-e{s.best_epoch}" for s in states)
     preprocess, calibration = campaign_preprocess(state), framing_record()  # read first: out_dir may be the source
-    model = build_model(state.recipe)
-    load_weights(model, run_dir / BEST_FILE)
-    training_seconds = sum(r.seconds for r in state.history)
-    export_model(model, out_dir, version=version, architecture=state.recipe.architecture, metrics={},
-                 data_fingerprint=state.data_fingerprint, training_seconds=training_seconds,
+    networks = []
+    for member_dir, member in zip((run_dir, *also), states):
+        network = build_model(member.recipe)
+        load_weights(network, Path(member_dir) / BEST_FILE)
+        networks.append(network)
+    model = networks[0] if len(networks) == 1 else average_of(networks)
+    training_seconds = sum(r.seconds for s in states for r in s.history)
+    export_model(model, out_dir, version=version, architecture="+".join(s.recipe.architecture for s in states),
+                 metrics={}, data_fingerprint=state.data_fingerprint, training_seconds=training_seconds,
                  train_config=state.recipe.model_dump(mode="json"), preprocess=preprocess,
                  keep_keras=False, float16_weights=True)  # 5 MB instead of 11 for the VGG: it is committed
     difference = check_roundtrip(out_dir, model, atol=FLOAT16_ROUNDTRIP_TOLERANCE)
@@ -66,6 +81,10 @@ def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, r
     campaign = {"name": state.name, "run_dir": str(run_dir), "epochs_done": state.epochs_done,
                 "total_epochs": state.recipe.total_epochs, "best_epoch": state.best_epoch,
                 "stretches": [s.model_dump() for s in state.stretches]}
+    if also:
+        campaign["ensemble"] = [{"name": s.name, "run_dir": str(d), "best_epoch": s.best_epoch,
+                                 "architecture": s.recipe.architecture}
+                                for d, s in zip((run_dir, *also), states)]
     update_metadata(out_dir, metrics={name: metrics_summary(r) for name, r in results.items()},
                     roundtrip_max_diff=difference, campaign=campaign,
                     **({"framing_calibration": calibration} if calibration else {}))
@@ -73,3 +92,20 @@ def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, r
     write_report(out_dir, results)
     log.info("shipped %s (epoch %d of %s) to %s", version, state.best_epoch, state.name, out_dir)
     return out_dir
+
+
+def _finished_state(run_dir: Path) -> CampaignState:
+    state = CampaignState.read(run_dir)
+    if state.best_epoch is None:
+        raise FileNotFoundError(f"{run_dir}: the campaign has not finished an epoch yet")
+    return state
+
+
+def average_of(networks: list):
+    """One network whose output is the mean of `networks`' probabilities (same input)."""
+    from tensorflow import keras
+
+    inputs = keras.Input(shape=networks[0].input_shape[1:], name="face")
+    # Each member is wrapped under its own name: two members of one architecture share layer names.
+    outputs = [keras.Model(n.inputs, n.outputs[0], name=f"member_{i}")(inputs) for i, n in enumerate(networks)]
+    return keras.Model(inputs, keras.layers.Average(name="probabilities")(outputs), name="ensemble")

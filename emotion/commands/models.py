@@ -95,7 +95,8 @@ def cmd_ship(args) -> int:
 
     from trainer.ship import ship_campaign
 
-    out = ship_campaign(Path(args.run_dir), Path(args.to), version=args.version, require_face=args.require_face)
+    out = ship_campaign(Path(args.run_dir), Path(args.to), version=args.version, require_face=args.require_face,
+                        also=[Path(d) for d in args.also])
     from shared.model_runtime import read_metadata
 
     meta = read_metadata(out)
@@ -129,6 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--version", default=None, help="version name (default <campaign>-e<best epoch>)")
     q.add_argument("--require-face", action="store_true",
                    help="also score the face-filtered PublicTest (images where the detector finds a face)")
+    q.add_argument("--with", dest="also", action="append", default=[], metavar="RUN_DIR",
+                   help="another campaign whose best network joins an ensemble (probabilities averaged in one "
+                        "exported graph); repeatable")
     q.add_argument("--register", action="store_true", help="copy it into the registry")
     q.add_argument("--promote", action="store_true", help="with --register: make it current for --role")
     q.add_argument("--role", choices=ROLES, default="accurate", help="role to promote it for (default accurate)")
