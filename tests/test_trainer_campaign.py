@@ -230,6 +230,7 @@ def test_two_campaigns_ship_as_one_graph_that_averages_their_probabilities(tmp_p
     assert meta.version == "first-v1-e1-with-second-v1-e1" and meta.architecture == "compact16+compact16"
     assert [m["name"] for m in json.loads((out / "metadata.json").read_text())["campaign"]["ensemble"]] == \
         ["first-v1", "second-v1"]
+    assert "the mean of the probabilities of `first-v1` epoch 1" in (out / "report.md").read_text()
     assert np.allclose(EmotionModel(out).predict(crops), (alone[0] + alone[1]) / 2, atol=2e-3)
     assert not np.allclose(alone[0], alone[1], atol=2e-3)  # two different networks: the average is not trivial
 

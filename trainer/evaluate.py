@@ -236,8 +236,14 @@ def campaign_section(meta: dict) -> list[str]:
     lines = ["## Training", "",
              f"Campaign `{campaign['name']}` (state in `{campaign['run_dir']}`): {campaign['epochs_done']} of "
              f"{campaign['total_epochs']} epochs trained; this model is its best epoch on PublicTest, "
-             f"epoch {campaign['best_epoch']}.", "", "![learning curve](curve.png)", "",
-             "| epochs | command | wall time | machine |", "|---|---|---:|---|"]
+             f"epoch {campaign['best_epoch']}.", ""]
+    if campaign.get("ensemble"):
+        members = ", ".join(f"`{m['name']}` epoch {m['best_epoch']} ({m['architecture']}, `{m['run_dir']}`)"
+                            for m in campaign["ensemble"])
+        lines += [f"An ensemble exported as one graph: the mean of the probabilities of {members}. "
+                  f"The curve and the sittings below are those of `{campaign['name']}`.", ""]
+    lines += ["![learning curve](curve.png)", "",
+              "| epochs | command | wall time | machine |", "|---|---|---:|---|"]
     for stretch in campaign.get("stretches", []):
         if stretch["last_epoch"] >= stretch["first_epoch"]:
             lines.append(f"| {stretch['first_epoch']}–{stretch['last_epoch']} | `{stretch['command']}` | "
