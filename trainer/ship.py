@@ -49,7 +49,8 @@ def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, r
     from trainer.evaluate import evaluate, metrics_summary, write_report
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    states = [_finished_state(Path(d)) for d in (run_dir, *also)]
+    run_dirs = [run_dir, *map(Path, also)]
+    states = [_finished_state(d) for d in run_dirs]
     state = states[0]
     for other in states[1:]:
         if other.recipe.input_size != state.recipe.input_size:
@@ -58,9 +59,9 @@ def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, r
     version = version or "-with-".join(f"{s.name}-e{s.best_epoch}" for s in states)
     preprocess, calibration = campaign_preprocess(state), framing_record()  # read first: out_dir may be the source
     networks = []
-    for member_dir, member in zip((run_dir, *also), states):
+    for member_dir, member in zip(run_dirs, states):
         network = build_model(member.recipe)
-        load_weights(network, Path(member_dir) / BEST_FILE)
+        load_weights(network, member_dir / BEST_FILE)
         networks.append(network)
     model = networks[0] if len(networks) == 1 else average_of(networks)
     training_seconds = sum(r.seconds for s in states for r in s.history)
@@ -84,7 +85,7 @@ def ship_campaign(run_dir: Path, out_dir: Path, *, version: str | None = None, r
     if also:
         campaign["ensemble"] = [{"name": s.name, "run_dir": str(d), "best_epoch": s.best_epoch,
                                  "architecture": s.recipe.architecture}
-                                for d, s in zip((run_dir, *also), states)]
+                                for d, s in zip(run_dirs, states)]
     update_metadata(out_dir, metrics={name: metrics_summary(r) for name, r in results.items()},
                     roundtrip_max_diff=difference, campaign=campaign,
                     **({"framing_calibration": calibration} if calibration else {}))
