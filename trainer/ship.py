@@ -17,6 +17,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import keras
+
 from shared.model_runtime import Preprocess, read_metadata
 from shared.settings import REPO_ROOT
 from trainer.campaign import CampaignError, build_model, load_splits, load_weights
@@ -102,10 +104,8 @@ def _finished_state(run_dir: Path) -> CampaignState:
     return state
 
 
-def average_of(networks: list):
+def average_of(networks: list[keras.Model]) -> keras.Model:
     """One network whose output is the mean of `networks`' probabilities (same input)."""
-    from tensorflow import keras
-
     inputs = keras.Input(shape=networks[0].input_shape[1:], name="face")
     # Each member is wrapped under its own name: two members of one architecture share layer names.
     outputs = [keras.Model(n.inputs, n.outputs[0], name=f"member_{i}")(inputs) for i, n in enumerate(networks)]
