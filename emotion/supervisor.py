@@ -149,7 +149,7 @@ class Supervisor:
 
     def mark_ready(self, client: redis.Redis, keys: Keys, dashboard_url: str | None) -> list[Child]:
         """Children that became ready since the last call: a stream service or capture once its
-        heartbeat (which carries its pid) is in Redis, the dashboard once /healthz answers."""
+        heartbeat (which carries its pid) is in Redis, the dashboard once its /healthz answers with its pid."""
         waiting = [c for c in self.children if not c.ready and c.running()]
         if not waiting:
             return []
@@ -157,7 +157,7 @@ class Supervisor:
         became = []
         for child in waiting:
             if child.role == "dashboard":
-                child.ready = dashboard_url is not None and _answers(dashboard_url + "healthz")
+                child.ready = dashboard_url is not None and _health_pid(dashboard_url + "healthz") == child.pid
             elif child.role == "worker":
                 child.ready = True  # the RQ worker has no heartbeat of ours; it is watched for failure only
             else:
@@ -182,15 +182,19 @@ def heartbeat_pids(client: redis.Redis, keys: Keys) -> set[int]:
     return pids
 
 
-def _answers(url: str) -> bool:
+def _health_pid(url: str) -> int | None:
+    """The pid a /healthz answers with (None when nothing, or something not ours, answers): a foreign
+    server already on the port must not pass for the dashboard before our child fails to bind it."""
+    import json
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+            pid = json.loads(response.read(4096)).get("pid") if response.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -4,6 +4,7 @@ and never hanging on an unreachable Redis or a slow store."""
 from __future__ import annotations
 
 import json
+import os
 import base64
 import time
 from datetime import datetime, timedelta, timezone
@@ -241,7 +242,7 @@ def test_every_page_route_serves_the_app(dash_settings, redis_client):
     client = _app(dash_settings).server.test_client()
     for path in ("/", "/live", "/history", "/sessions?session=x", "/analyze", "/training", "/health"):
         assert client.get(path).status_code == 200
-    assert client.get("/healthz").get_json() == {"ok": True}
+    assert client.get("/healthz").get_json() == {"ok": True, "pid": os.getpid()}
 
 
 # --- live readers on a real Redis ------------------------------------------------------------------

@@ -10,11 +10,14 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from emotion.supervisor import failure_line
+from emotion.supervisor import Child, Supervisor, failure_line
 from shared.streams import Keys
 from tests.demo_video import write_demo_video
 from tests.proc_utils import free_port
@@ -210,3 +213,45 @@ def test_failure_line_prefers_the_childs_own_error_line(tmp_path):
     assert failure_line(log, 1) == "RuntimeError: boom"
     assert failure_line(log, -9) == "killed by SIGKILL"
     assert failure_line(tmp_path / "missing.log", 3) == "exited with code 3 without a message"
+
+
+# --- the supervisor's readiness check -------------------------------------------------------------
+
+def health_server(pid_answered: list[int | None]) -> ThreadingHTTPServer:
+    """A server on a free port whose /healthz answers 200 with `pid_answered[0]` (none when None)."""
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = json.dumps({"ok": True} | ({} if pid_answered[0] is None else {"pid": pid_answered[0]}))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_foreign_server_on_the_dashboard_port_is_not_taken_for_the_dashboard(tmp_path, redis_client, keys):
+    """Another server answering /healthz with 200 on the port must not make the run announce its
+    dashboard: only an answer carrying the dashboard child's own pid does."""
+    answered: list[int | None] = [None]
+    server = health_server(answered)
+    supervisor = Supervisor(env={}, log_dir=tmp_path)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        child = Child("dashboard", "dashboard", sleeper, tmp_path / "dashboard-0.log")
+        supervisor.children.append(child)
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        assert supervisor.mark_ready(redis_client, keys, url) == [] and not child.ready
+        answered[0] = sleeper.pid + 1  # someone else's pid
+        assert supervisor.mark_ready(redis_client, keys, url) == [] and not child.ready
+        answered[0] = sleeper.pid
+        assert supervisor.mark_ready(redis_client, keys, url) == [child] and child.ready
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        server.shutdown()

@@ -8,6 +8,7 @@ app has no import-time side effects and two apps (tests) can coexist in one proc
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -89,8 +90,9 @@ def _install_api(app: dash.Dash, ctx: DashboardContext) -> None:
 
     @server.route("/healthz")
     def _healthz():
-        """Liveness: the process serves requests (what it depends on is /readyz's business)."""
-        return jsonify(ok=True)
+        """Liveness: the process serves requests (what it depends on is /readyz's business). The pid
+        tells `emotion up` that the answer is its own child's, not another server's on the same port."""
+        return jsonify(ok=True, pid=os.getpid())
 
     @server.route("/readyz")
     def _readyz():
