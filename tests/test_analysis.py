@@ -240,7 +240,9 @@ def test_progress_bar_on_a_terminal_and_none_when_piped(clip, env, tmp_path):
 
 def test_ctrl_c_stops_the_run_and_leaves_no_worker(env, tmp_path):
     long_video = tmp_path / "long.mp4"
-    write_video(long_video, frames=600, fps=FPS)
+    # Long enough that the run cannot end between the rows' first buffered write and the signal, even on
+    # a fast machine (600 frames once finished in that gap on a loaded one).
+    write_video(long_video, frames=1800, fps=FPS)
     rows = tmp_path / "rows.csv"
     proc = subprocess.Popen([sys.executable, "-m", "emotion", "analyze", str(long_video), "--out", str(rows), "--json"],
                             env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
