@@ -191,9 +191,10 @@ def _health_pid(url: str) -> int | None:
 
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
-            pid = json.loads(response.read(4096)).get("pid") if response.status == 200 else None
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            body = json.loads(response.read(4096)) if response.status == 200 else None
+    except (urllib.error.URLError, OSError, ValueError):
         return None
+    pid = body.get("pid") if isinstance(body, dict) else None
     return pid if isinstance(pid, int) else None
 
 

@@ -4,8 +4,8 @@ and never hanging on an unreachable Redis or a slow store."""
 from __future__ import annotations
 
 import json
-import os
 import base64
+import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
